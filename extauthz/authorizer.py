@@ -1,0 +1,93 @@
+"""The async seam between the pure policy and the key sources.
+
+``check`` answers every request from in-memory keys; the one wait it may do is on the
+shared unknown-``kid`` refetch, bounded by a budget and by the caller's gRPC deadline.
+Any unexpected exception becomes a deny (fail closed) and is logged without the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+
+from . import errors, logs, metrics
+from .jwks import KeySet
+from .keys import KeySource
+from .policy import AuthRequest, Decision, NeedKeys, Policy
+
+_log = logs.get("extauthz.decision")
+
+#: Longest a request waits for an unknown-kid refetch (also capped by its deadline).
+UNKNOWN_KID_WAIT = 1.0
+
+
+class Authorizer:
+    def __init__(
+        self,
+        policy: Policy,
+        sources: Mapping[str, KeySource],
+        *,
+        clock: Callable[[], float] = time.time,
+        unknown_kid_wait: float = UNKNOWN_KID_WAIT,
+    ) -> None:
+        self.policy = policy
+        self.sources = sources
+        self._clock = clock
+        self._wait = unknown_kid_wait
+
+    def _keys(self, provider: str) -> KeySet | None:
+        return self.sources[provider].usable()
+
+    @property
+    def ready(self) -> bool:
+        return all(s.usable() is not None for s in self.sources.values())
+
+    async def check(self, req: AuthRequest, time_remaining: float | None = None) -> Decision:
+        started = time.perf_counter()
+        try:
+            try:
+                decision = self.policy.decide(req, self._keys, self._clock())
+            except NeedKeys as need:
+                decision = await self._after_refetch(req, need, time_remaining)
+        except Exception:  # fail closed on bugs; never let an exception reach Envoy
+            _log.exception("check_failed", request_id=req.request_id)
+            decision = self.policy.deny(errors.InternalError())
+        metrics.CHECK_DURATION.observe(time.perf_counter() - started)
+        metrics.check_counter(
+            "allow" if decision.allowed else "deny",
+            decision.reason,
+            decision.provider,
+            decision.rule,
+        ).inc()
+        if not decision.allowed:
+            _log.info(
+                "denied",
+                reason=decision.reason,
+                status=decision.http_status,
+                rule=decision.rule,
+                provider=decision.provider,
+                kid=decision.kid,
+                iss=decision.iss,
+                request_id=req.request_id,
+            )
+        return decision
+
+    async def _after_refetch(
+        self, req: AuthRequest, need: NeedKeys, time_remaining: float | None
+    ) -> Decision:
+        waiter = self.sources[need.provider].refetch_for_unknown_kid()
+        if waiter is None:  # rate-limited: the kid stays unknown until the next window
+            return self.policy.unknown_kid(need)
+        budget = self._wait
+        if time_remaining is not None:
+            # Leave half the deadline for answering: a late allow is a timeout at Envoy.
+            budget = min(budget, max(0.0, time_remaining / 2))
+        try:
+            await asyncio.wait_for(waiter, budget)
+        except TimeoutError:
+            return self.policy.unknown_kid(need)
+        try:
+            return self.policy.decide(req, self._keys, self._clock())
+        except NeedKeys as again:
+            return self.policy.unknown_kid(again)

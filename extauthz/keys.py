@@ -1,0 +1,418 @@
+"""Key sources: one per provider, keeping an immutable KeySet fresh in the background.
+
+State machine (``state(now)``)::
+
+    EMPTY  --first good fetch-->  FRESH  --refresh due/failing-->  STALE
+      ^                             ^                                |
+      |                             +------ good fetch --------------+
+      |                                                              | max_stale passed
+      +------------------------- (never again) ---------  EXPIRED <--+
+
+EMPTY and EXPIRED answer 503 (no usable keys); FRESH and STALE verify. A failed or
+empty fetch never replaces a good set. The request path only reads ``usable(now)``;
+the single exception is ``refetch_for_unknown_kid``, a shared, rate-limited fetch the
+caller may await for a short budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from . import jwks, logs, metrics
+from .config import Provider
+from .errors import KeyFetchError
+
+MAX_JWKS_BYTES = 1 << 20
+_log = logs.get("extauthz.keys")
+
+
+class KeyState(enum.Enum):
+    EMPTY = "empty"
+    FRESH = "fresh"
+    STALE = "stale"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    body: bytes
+    max_age: float | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+NOT_MODIFIED = object()
+
+
+def _max_age(cache_control: str | None) -> float | None:
+    for part in (cache_control or "").split(","):
+        name, _, value = part.strip().partition("=")
+        if name.lower() == "max-age" and value.strip('"').isdigit():
+            return float(value.strip('"'))
+    return None
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    if resp.content_length is not None and resp.content_length > MAX_JWKS_BYTES:
+        raise KeyFetchError(f"JWKS larger than {MAX_JWKS_BYTES} bytes")
+    body = await resp.content.read(MAX_JWKS_BYTES + 1)
+    if len(body) > MAX_JWKS_BYTES:
+        raise KeyFetchError(f"JWKS larger than {MAX_JWKS_BYTES} bytes")
+    return body
+
+
+class HttpFetcher:
+    """GET a JWKS (or resolve it through OIDC discovery) with validators and a size cap."""
+
+    def __init__(self, provider: Provider, session: Callable[[], aiohttp.ClientSession]) -> None:
+        self._provider = provider
+        self._session = session
+        self._uri = provider.jwks_uri
+        self._etag: str | None = None
+        self._last_modified: str | None = None
+
+    @property
+    def where(self) -> str:
+        return self._uri or self._provider.key_source
+
+    async def _get(self, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        timeout = aiohttp.ClientTimeout(total=self._provider.fetch_timeout)
+        return await self._session().get(
+            url, headers=headers, timeout=timeout, allow_redirects=False
+        )
+
+    async def _discover(self) -> str:
+        url = self._provider.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        async with await self._get(url, {"accept": "application/json"}) as resp:
+            if resp.status != 200:
+                raise KeyFetchError(f"discovery answered HTTP {resp.status}")
+            try:
+                doc = json.loads(await _read_capped(resp))
+            except ValueError:
+                raise KeyFetchError("discovery document is not JSON") from None
+        if not isinstance(doc, dict) or doc.get("issuer") != self._provider.issuer:
+            raise KeyFetchError("discovery document names a different issuer")
+        uri = doc.get("jwks_uri")
+        if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
+            raise KeyFetchError("discovery document has no valid jwks_uri")
+        return uri
+
+    async def fetch(self, *, no_cache: bool = False) -> Fetched | object:
+        try:
+            if self._uri is None:
+                self._uri = await self._discover()
+            headers = {"accept": "application/jwk-set+json, application/json"}
+            if no_cache:
+                headers["cache-control"] = "no-cache"
+            if self._etag:
+                headers["if-none-match"] = self._etag
+            if self._last_modified:
+                headers["if-modified-since"] = self._last_modified
+            async with await self._get(self._uri, headers) as resp:
+                if resp.status == 304 and (self._etag or self._last_modified):
+                    return NOT_MODIFIED
+                if resp.status != 200:
+                    raise KeyFetchError(f"JWKS answered HTTP {resp.status}")
+                body = await _read_capped(resp)
+                result = Fetched(
+                    body,
+                    _max_age(resp.headers.get("cache-control")),
+                    resp.headers.get("etag"),
+                    resp.headers.get("last-modified"),
+                )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            if self._provider.discovery:
+                self._uri = None  # rediscover next time: the issuer may have moved it
+            raise KeyFetchError(f"JWKS fetch failed: {exc.__class__.__name__}") from None
+        return result
+
+    def accepted(self, result: Fetched) -> None:
+        """Remember validators only once the body proved usable."""
+        self._etag, self._last_modified = result.etag, result.last_modified
+        if self._last_modified:
+            with contextlib.suppress(TypeError, ValueError):
+                parsedate_to_datetime(self._last_modified)
+
+
+class FileFetcher:
+    """Re-read a JWKS file when its (mtime, size, inode) changes."""
+
+    poll_interval = 1.0
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self._pending: tuple[int, int, int] | None = None
+
+    @property
+    def where(self) -> str:
+        return str(self._path)
+
+    def changed(self) -> bool:
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            return False
+        return (st.st_mtime_ns, st.st_size, st.st_ino) != self._stamp
+
+    async def fetch(self, *, no_cache: bool = False) -> Fetched | object:
+        try:
+            st = os.stat(self._path)
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if stamp == self._stamp and not no_cache:
+                return NOT_MODIFIED
+            if st.st_size > MAX_JWKS_BYTES:
+                raise KeyFetchError(f"JWKS file larger than {MAX_JWKS_BYTES} bytes")
+            body = self._path.read_bytes()
+        except OSError as exc:
+            raise KeyFetchError(f"cannot read JWKS file: {exc.strerror}") from None
+        self._pending = stamp
+        return Fetched(body)
+
+    def accepted(self, result: Fetched) -> None:
+        self._stamp = self._pending
+
+
+class InlineFetcher:
+    where = "inline"
+
+    def __init__(self, document: Any) -> None:
+        self._body = json.dumps(document).encode()
+
+    async def fetch(self, *, no_cache: bool = False) -> Fetched | object:
+        return Fetched(self._body)
+
+    def accepted(self, result: Fetched) -> None:
+        pass
+
+
+Fetcher = HttpFetcher | FileFetcher | InlineFetcher
+
+
+def backoff(attempt: int, *, base: float = 0.5, cap: float = 30.0) -> float:
+    """Exponential backoff with full jitter (at least a tenth of the step)."""
+    step = min(cap, base * (2 ** min(attempt, 16)))
+    return random.uniform(step / 10, step)  # noqa: S311 - jitter, not crypto
+
+
+class KeySource:
+    """Keys for one provider. ``usable(now)`` is what verification reads."""
+
+    def __init__(
+        self,
+        name: str,
+        provider: Provider,
+        fetcher: Fetcher,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[str, jwks.KeySet, jwks.KeySet], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.provider = provider
+        self._fetcher = fetcher
+        self._clock = clock
+        self._on_change = on_change
+        self._keys: jwks.KeySet | None = None
+        self._confirmed_at: float | None = None  # monotonic time of the last good fetch
+        self._last_attempt: float | None = None
+        self._last_unknown_kid_fetch: float | None = None
+        self._next_due: float = 0.0
+        self._failures = 0
+        self._inflight: asyncio.Task[bool] | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.last_error: str | None = None
+        self._ready = asyncio.Event()
+        metrics.JWKS_KEYS.labels(name).set(0)
+        metrics.JWKS_AGE.labels(name).set_function(self._age)
+
+    # -- read side (request path; no I/O) ---------------------------------------------
+    def state(self, now: float | None = None) -> KeyState:
+        now = self._clock() if now is None else now
+        if self._keys is None or self._confirmed_at is None:
+            return KeyState.EMPTY
+        age = now - self._confirmed_at
+        if age > self.provider.max_stale:
+            return KeyState.EXPIRED
+        if age > self.provider.refresh_interval or self._failures:
+            return KeyState.STALE
+        return KeyState.FRESH
+
+    def usable(self, now: float | None = None) -> jwks.KeySet | None:
+        """The current key set, or None while EMPTY or EXPIRED."""
+        if self.state(now) in (KeyState.EMPTY, KeyState.EXPIRED):
+            return None
+        return self._keys
+
+    @property
+    def keys(self) -> jwks.KeySet | None:
+        return self._keys
+
+    def _age(self) -> float:
+        if self._confirmed_at is None:
+            return float("nan")
+        return self._clock() - self._confirmed_at
+
+    # -- fetching ---------------------------------------------------------------------
+    async def refresh(self, trigger: str, *, no_cache: bool = False) -> bool:
+        """One fetch; True when a good key set is in place afterwards (new or unchanged)."""
+        self._last_attempt = self._clock()
+        try:
+            result = await self._fetcher.fetch(no_cache=no_cache)
+            if result is NOT_MODIFIED:
+                outcome = "not_modified"
+            else:
+                assert isinstance(result, Fetched)
+                new = jwks.parse(result.body)
+                self._fetcher.accepted(result)
+                self._swap(new)
+                outcome = "success"
+                self._schedule(result.max_age)
+        except KeyFetchError as exc:
+            self._failures += 1
+            self.last_error = str(exc)
+            metrics.JWKS_FETCHES.labels(self.name, "error", trigger).inc()
+            _log.warning(
+                "jwks_fetch_failed",
+                provider=self.name,
+                trigger=trigger,
+                error=str(exc),
+                state=self.state().value,
+                source=self._fetcher.where,
+            )
+            self._next_due = self._clock() + backoff(
+                self._failures - 1, cap=min(30.0, self.provider.refresh_interval)
+            )
+            return False
+        if outcome == "not_modified":
+            self._schedule(None)
+        self._failures = 0
+        self.last_error = None
+        self._confirmed_at = self._clock()
+        self._ready.set()
+        metrics.JWKS_FETCHES.labels(self.name, outcome, trigger).inc()
+        return True
+
+    def _schedule(self, max_age: float | None) -> None:
+        p = self.provider
+        interval = p.refresh_interval
+        if max_age is not None:
+            interval = max(p.min_refresh_interval, min(max_age, p.refresh_interval))
+        # Jitter (-10%..0) so a fleet of replicas does not fetch in lockstep.
+        self._next_due = self._clock() + interval * random.uniform(0.9, 1.0)  # noqa: S311
+
+    def _swap(self, new: jwks.KeySet) -> None:
+        old = self._keys
+        self._keys = new
+        metrics.JWKS_KEYS.labels(self.name).set(len(new.keys))
+        for label, why in new.skipped:
+            _log.warning("jwks_key_skipped", provider=self.name, kid=label, reason=why)
+        old_kids = old.kids if old else frozenset()
+        if old is None or old.thumbprints != new.thumbprints:
+            _log.info(
+                "jwks_changed",
+                provider=self.name,
+                added=sorted(new.kids - old_kids),
+                removed=sorted(old_kids - new.kids),
+                keys=len(new.keys),
+            )
+            if self._on_change is not None:
+                self._on_change(self.name, old or jwks.EMPTY, new)
+
+    def refetch_for_unknown_kid(self) -> Awaitable[bool] | None:
+        """Start (or join) the shared refetch; None when rate-limited.
+
+        Rate limit: at most one unknown-kid fetch per ``min_refresh_interval``, so a
+        storm of random kids costs the issuer one request per interval.
+        """
+        metrics.UNKNOWN_KID.labels(self.name).inc()
+        if self._inflight is not None and not self._inflight.done():
+            return asyncio.shield(self._inflight)
+        now = self._clock()
+        last = self._last_unknown_kid_fetch
+        if last is not None and now - last < self.provider.min_refresh_interval:
+            return None
+        self._last_unknown_kid_fetch = now
+        self._inflight = asyncio.get_running_loop().create_task(
+            self.refresh("unknown_kid", no_cache=True)
+        )
+        return asyncio.shield(self._inflight)
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # -- background loop --------------------------------------------------------------
+    async def _run(self) -> None:
+        trigger = "startup"
+        is_file = isinstance(self._fetcher, FileFetcher)
+        while True:
+            if self._inflight is not None and not self._inflight.done():
+                await asyncio.shield(self._inflight)
+            else:
+                self._inflight = asyncio.get_running_loop().create_task(self.refresh(trigger))
+                ok = await asyncio.shield(self._inflight)
+                if ok and trigger == "startup":
+                    trigger = "file" if is_file else "scheduled"
+            if isinstance(self._fetcher, InlineFetcher) and self._keys is not None:
+                return  # inline keys never change
+            while True:
+                delay = self._next_due - self._clock()
+                if is_file:
+                    delay = min(delay, FileFetcher.poll_interval)
+                if delay <= 0:
+                    break
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                if (
+                    is_file
+                    and self._keys is not None
+                    and isinstance(self._fetcher, FileFetcher)
+                    and self._fetcher.changed()
+                ):
+                    break
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        for task in (self._task, self._inflight):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = None
+
+
+def build(
+    name: str,
+    provider: Provider,
+    session: Callable[[], aiohttp.ClientSession],
+    **kwargs: Any,
+) -> KeySource:
+    fetcher: Fetcher
+    if provider.jwks_file is not None:
+        fetcher = FileFetcher(provider.jwks_file)
+    elif provider.jwks is not None:
+        fetcher = InlineFetcher(dict(provider.jwks))
+    else:
+        fetcher = HttpFetcher(provider, session)
+    return KeySource(name, provider, fetcher, **kwargs)

@@ -1,0 +1,313 @@
+"""Decisions: rule selection, token extraction, verification, scopes/claims (pure).
+
+``Policy.decide(request, keys, now)`` returns a :class:`Decision` for every input; it
+raises only ``NeedKeys`` (an unknown ``kid`` that a shared JWKS refetch may resolve),
+which the async authorizer handles by waiting briefly and deciding again.
+Fail closed: the only path to ``allowed=True`` is an explicit success below.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import errors, tokens, verify
+from .config import Config, Provider, Rule, TokenSource
+from .jwks import KeySet
+
+CONTEXT_RULE_KEY = "extauthz_rule"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """What the gRPC adapter extracts from a CheckRequest (no protobuf here)."""
+
+    method: str = "GET"
+    host: str = ""
+    path: str = "/"  # :path, including the query string (Envoy leaves http.query empty)
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
+    context_extensions: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def request_id(self) -> str | None:
+        return self.headers.get("x-request-id")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    reason: str
+    rule: str = ""
+    provider: str = ""
+    http_status: int = 200
+    grpc_code: int = errors.OK
+    oauth_error: str | None = None
+    description: str = ""
+    scope: str = ""
+    set_headers: tuple[tuple[str, str], ...] = ()
+    remove_headers: tuple[str, ...] = ()
+    metadata: Mapping[str, Any] | None = field(default=None, repr=False)
+    # For logs only (never a token or the claim set):
+    kid: str | None = None
+    iss: str | None = None
+    sub: str | None = None
+
+
+class NeedKeys(Exception):
+    """The token names a kid unknown to its provider: refetch, then decide again."""
+
+    def __init__(self, provider: str, rule: str, kid: str | None, iss: str | None) -> None:
+        self.provider, self.rule, self.kid, self.iss = provider, rule, kid, iss
+        super().__init__(provider)
+
+
+_CTRL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def header_value(value: Any) -> str:
+    """Render a claim for a header: lists joined by spaces, objects as JSON, no controls."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = value
+    elif isinstance(value, int | float):
+        text = json.dumps(value)
+    elif isinstance(value, list) and all(
+        isinstance(v, str | int | float) and not isinstance(v, bool) for v in value
+    ):
+        text = " ".join(v if isinstance(v, str) else json.dumps(v) for v in value)
+    else:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=True)
+    return _CTRL.sub("", text)
+
+
+def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
+    scope = claims.get("scope")
+    out: set[str] = set()
+    if isinstance(scope, str):
+        out.update(scope.split())
+    scp = claims.get("scp")
+    if isinstance(scp, list):
+        out.update(s for s in scp if isinstance(s, str))
+    elif isinstance(scp, str):
+        out.update(scp.split())
+    return frozenset(out)
+
+
+@dataclass(frozen=True)
+class _Provider:
+    name: str
+    config: Provider
+    injected: tuple[str, ...]  # every header this provider may set upstream
+
+
+@dataclass(frozen=True)
+class _Rule:
+    rule: Rule
+    matches: Callable[[AuthRequest, str], bool]
+    providers: tuple[_Provider, ...]
+    sources: tuple[TokenSource, ...]
+
+
+def _path_only(path: str) -> str:
+    return path.partition("?")[0].partition("#")[0]
+
+
+def _host_only(host: str) -> str:
+    """``Host``/``:authority`` without its port (``[::1]:8080`` -> ``[::1]``)."""
+    host = host.lower()
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    name, sep, port = host.rpartition(":")
+    if sep and port.isdigit() and ":" not in name:
+        return name
+    return host
+
+
+def _matcher(rule: Rule) -> Callable[[AuthRequest, str], bool]:
+    m = rule.match
+    regex = re.compile(m.path_regex) if m.path_regex is not None else None
+    methods = frozenset(m.methods) if m.methods is not None else None
+    hosts = frozenset(m.hosts) if m.hosts is not None else None
+
+    def matches(req: AuthRequest, path: str) -> bool:
+        if methods is not None and req.method.upper() not in methods:
+            return False
+        if hosts is not None and _host_only(req.host) not in hosts:
+            return False
+        if m.path_exact is not None:
+            return path == m.path_exact
+        if m.path_prefix is not None:
+            return path.startswith(m.path_prefix)
+        if regex is not None:
+            return regex.fullmatch(path) is not None
+        return True
+
+    return matches
+
+
+class Policy:
+    """Compiled from a frozen Config once; decide() does no I/O and no compilation."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.realm = config.server.realm
+        providers = {
+            name: _Provider(
+                name,
+                p,
+                tuple(
+                    dict.fromkeys(
+                        [*p.claims_to_headers, *([p.payload_header] if p.payload_header else [])]
+                    )
+                ),
+            )
+            for name, p in config.providers.items()
+        }
+        self.providers = providers
+        # Every header any provider may inject: always removed unless we set it, so a
+        # client cannot smuggle `x-user-id` through an anonymous rule.
+        self.injected = tuple(dict.fromkeys(h for p in providers.values() for h in p.injected))
+        rules = config.rules
+        if rules is None:
+            rules = (Rule(name="default"),)
+        self.rules = tuple(self._compile(r) for r in rules)
+        self.by_name = {r.rule.name: r for r in self.rules}
+        self._deny_default = config.default_action == "deny"
+
+    def _compile(self, rule: Rule) -> _Rule:
+        names = rule.providers if rule.providers is not None else tuple(self.providers)
+        provs = tuple(self.providers[n] for n in names)
+        sources = tuple(dict.fromkeys(s for p in provs for s in p.config.token_sources))
+        return _Rule(rule, _matcher(rule), provs, sources)
+
+    # -- decision ---------------------------------------------------------------------
+    def select(self, req: AuthRequest) -> _Rule | None:
+        name = req.context_extensions.get(CONTEXT_RULE_KEY)
+        if name is not None:
+            chosen = self.by_name.get(name)
+            if chosen is None:
+                raise errors.NoRuleMatched(reason="unknown_rule")
+            return chosen
+        path = _path_only(req.path)
+        for r in self.rules:
+            if r.matches(req, path):
+                return r
+        return None
+
+    def deny(self, exc: errors.Denied, **kw: Any) -> Decision:
+        return Decision(
+            allowed=False,
+            reason=exc.reason,
+            http_status=exc.http_status,
+            grpc_code=exc.grpc_code,
+            oauth_error=exc.oauth_error,
+            description=exc.description,
+            scope=getattr(exc, "scope", ""),
+            **kw,
+        )
+
+    def decide(
+        self,
+        req: AuthRequest,
+        keys: Callable[[str], KeySet | None],
+        now: float,
+    ) -> Decision:
+        """Never raises except NeedKeys. ``keys(provider)`` returns its usable KeySet."""
+        try:
+            rule = self.select(req)
+        except errors.Denied as exc:
+            return self.deny(exc)
+        if rule is None:
+            if self._deny_default:
+                return self.deny(errors.NoRuleMatched())
+            return Decision(True, "default_allow", remove_headers=self.injected)
+        name = rule.rule.name
+        if rule.rule.allow_anonymous:
+            return Decision(True, "anonymous", rule=name, remove_headers=self.injected)
+        token: tokens.Found | None = None
+        prov: _Provider | None = None
+        kid: str | None = None
+        iss: str | None = None
+        try:
+            token = tokens.extract(req.headers, req.path, rule.sources)
+            if token is None:
+                raise errors.MissingToken()
+            unverified = verify.parse(token.token)
+            kid, iss = unverified.kid, unverified.iss
+            prov = next((p for p in rule.providers if p.config.issuer == iss), None)
+            if prov is None or token.source not in prov.config.token_sources:
+                raise errors.UnknownIssuer()
+            keyset = keys(prov.name)
+            if keyset is None:
+                raise errors.KeysUnavailable()
+            try:
+                verified = verify.verify(unverified, prov.name, prov.config, keyset, now)
+            except errors.UnknownKey:
+                raise NeedKeys(prov.name, name, kid, iss) from None
+            self._check_rule(rule.rule, verified.claims)
+        except errors.Denied as exc:
+            return self.deny(exc, rule=name, provider=prov.name if prov else "", kid=kid, iss=iss)
+        return self._allow(rule.rule, prov, token, verified)
+
+    def unknown_kid(self, need: NeedKeys) -> Decision:
+        """The answer once a refetch could not produce the token's kid."""
+        return self.deny(
+            errors.UnknownKey(), rule=need.rule, provider=need.provider, kid=need.kid, iss=need.iss
+        )
+
+    @staticmethod
+    def _check_rule(rule: Rule, claims: Mapping[str, Any]) -> None:
+        if rule.scopes:
+            have = scopes_of(claims)
+            if not all(s in have for s in rule.scopes):
+                raise errors.InsufficientScope(scope=" ".join(rule.scopes))
+        for claim, allowed in rule.claims.items():
+            value = claims.get(claim)
+            values = value if isinstance(value, list) else [value]
+            if not any(type(v) is type(a) and v == a for v in values for a in allowed):
+                raise errors.InsufficientScope(
+                    f"claim {claim} not accepted", reason="claim_mismatch"
+                )
+
+    def _allow(
+        self, rule: Rule, prov: _Provider, token: tokens.Found, verified: verify.Verified
+    ) -> Decision:
+        cfg = prov.config
+        claims = verified.claims
+        sets: list[tuple[str, str]] = []
+        for header, claim in cfg.claims_to_headers.items():
+            if claim in claims and claims[claim] is not None:
+                sets.append((header, header_value(claims[claim])))
+        if cfg.payload_header:
+            payload = json.dumps(claims, separators=(",", ":")).encode()
+            sets.append(
+                (cfg.payload_header, base64.urlsafe_b64encode(payload).rstrip(b"=").decode())
+            )
+        set_names = {h for h, _ in sets}
+        remove = [h for h in self.injected if h not in set_names]
+        if not cfg.forward_token and token.source.header is not None:
+            remove.append(token.source.header)
+        sub = claims.get("sub")
+        return Decision(
+            allowed=True,
+            reason="ok",
+            rule=rule.name,
+            provider=prov.name,
+            set_headers=tuple(sets),
+            remove_headers=tuple(remove),
+            metadata={
+                "provider": prov.name,
+                "rule": rule.name,
+                "iss": claims.get("iss"),
+                "sub": sub,
+                "claims": claims,
+            },
+            kid=verified.kid,
+            iss=cfg.issuer,
+            sub=sub if isinstance(sub, str) else None,
+        )

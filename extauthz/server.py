@@ -1,0 +1,209 @@
+"""The gRPC server: a thin grpc.aio adapter over the Authorizer, plus health and lifecycle.
+
+Health (``grpc.health.v1``, services ``""`` and the Authorization service) follows
+readiness: NOT_SERVING until every provider has usable keys, and while draining.
+SIGTERM: NOT_SERVING, finish in-flight calls within the grace period, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from . import __version__, admin, keys, logs, wire
+from ._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
+from .authorizer import Authorizer
+from .config import TLS, Config, split_address
+from .policy import Policy
+
+SERVICE_NAME = "envoy.service.auth.v3.Authorization"
+_log = logs.get("extauthz.server")
+
+
+class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    def __init__(self, authorizer: Authorizer) -> None:
+        self.authorizer = authorizer
+
+    async def Check(self, request: Any, context: Any) -> Any:
+        authorizer = self.authorizer  # read once: a reload may swap it mid-call
+        req = wire.to_auth_request(request)
+        decision = await authorizer.check(req, context.time_remaining())
+        return wire.to_check_response(decision, authorizer.policy.realm)
+
+
+class _CertFiles:
+    """Serves TLS material to grpc, re-reading it when the files change (cert-manager)."""
+
+    def __init__(self, tls: TLS) -> None:
+        self.tls = tls
+        self._stamp: tuple[float, ...] | None = None
+
+    def _paths(self) -> list[Path]:
+        return [p for p in (self.tls.cert_file, self.tls.key_file, self.tls.client_ca_file) if p]
+
+    def load(self) -> Any:
+        self._stamp = tuple(os.stat(p).st_mtime_ns for p in self._paths())
+        ca = self.tls.client_ca_file.read_bytes() if self.tls.client_ca_file else None
+        return grpc.ssl_server_certificate_configuration(
+            [(self.tls.key_file.read_bytes(), self.tls.cert_file.read_bytes())],
+            root_certificates=ca,
+        )
+
+    def fetch(self) -> Any:
+        try:
+            if tuple(os.stat(p).st_mtime_ns for p in self._paths()) == self._stamp:
+                return None
+            config = self.load()
+        except OSError as exc:
+            _log.warning("tls_reload_failed", error=exc.strerror)
+            return None
+        _log.info("tls_reloaded")
+        return config
+
+    def credentials(self) -> Any:
+        return grpc.dynamic_ssl_server_credentials(
+            self.load(), self.fetch, require_client_authentication=bool(self.tls.client_ca_file)
+        )
+
+
+class Server:
+    """One serving process. ``start`` binds everything; ``stop`` drains."""
+
+    def __init__(self, config: Config, *, reuse_port: bool = False) -> None:
+        self.config = config
+        self._reuse_port = reuse_port
+        self._session: aiohttp.ClientSession | None = None
+        self.sources: Mapping[str, keys.KeySource] = {}
+        self.authorizer: Authorizer | None = None
+        self._grpc: Any = None
+        self._health = health.aio.HealthServicer()
+        self._admin: web.AppRunner | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self.draining = False
+        self.grpc_port = 0
+        self.admin_port = 0
+        self._serving: bool | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers={"user-agent": f"extauthz/{__version__}"},
+                connector=aiohttp.TCPConnector(limit=16, ttl_dns_cache=60),
+            )
+        return self._session
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.sources = {name: keys.build(name, p, self._http) for name, p in cfg.providers.items()}
+        self.authorizer = Authorizer(Policy(cfg), self.sources)
+        self._grpc = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 1 if self._reuse_port else 0),
+                ("grpc.max_receive_message_length", 4 << 20),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ]
+        )
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+            AuthorizationServicer(self.authorizer), self._grpc
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        await self._set_serving(False)
+        host, port = split_address(cfg.server.listen)
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if cfg.server.tls is not None:
+            self.grpc_port = self._grpc.add_secure_port(
+                target, _CertFiles(cfg.server.tls).credentials()
+            )
+        else:
+            self.grpc_port = self._grpc.add_insecure_port(target)
+        await self._grpc.start()
+        for src in self.sources.values():
+            src.start()
+        if cfg.server.admin_listen is not None:
+            ahost, aport = split_address(cfg.server.admin_listen)
+            self._admin = web.AppRunner(
+                admin.app(lambda: self.sources, lambda: self.draining), access_log=None
+            )
+            await self._admin.setup()
+            site = web.TCPSite(self._admin, ahost, aport, reuse_port=self._reuse_port or None)
+            await site.start()
+            self.admin_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._watch = asyncio.get_running_loop().create_task(self._follow_readiness())
+        _log.info(
+            "started",
+            version=__version__,
+            grpc=f"{host}:{self.grpc_port}",
+            tls="mtls"
+            if cfg.server.tls and cfg.server.tls.client_ca_file
+            else bool(cfg.server.tls),
+            admin=f"{cfg.server.admin_listen.rpartition(':')[0]}:{self.admin_port}"
+            if cfg.server.admin_listen
+            else None,
+            providers={n: p.key_source for n, p in cfg.providers.items()},
+        )
+
+    @property
+    def ready(self) -> bool:
+        return not self.draining and self.authorizer is not None and self.authorizer.ready
+
+    async def _set_serving(self, serving: bool) -> None:
+        if serving == self._serving:
+            return
+        self._serving = serving
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, status)
+        _log.info("readiness", ready=serving)
+
+    async def _follow_readiness(self) -> None:
+        # Readiness also changes with time alone (keys passing max_stale), so follow it
+        # on a short period rather than only on fetch events.
+        while True:
+            await self._set_serving(self.ready)
+            await asyncio.sleep(0.2)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        self.draining = True
+        await self._set_serving(False)
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        for src in self.sources.values():
+            await src.stop()
+        if self._admin is not None:
+            await self._admin.cleanup()
+        if self._session is not None:
+            await self._session.close()
+        _log.info("stopped")
+
+
+async def serve(config: Config, *, grace: float = 5.0) -> int:
+    """Run until SIGTERM/SIGINT, then drain. Returns the exit code."""
+    server = Server(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    _log.info("draining", grace_seconds=grace)
+    await server.stop(grace)
+    return 0

@@ -1,0 +1,87 @@
+"""Finding the token in a request: headers (with an optional scheme prefix), cookies, query."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+from .config import TokenSource
+from .errors import InvalidRequest, MalformedToken
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    token: str
+    source: TokenSource
+
+
+def _from_header(value: str, source: TokenSource) -> str | None:
+    prefix = source.prefix
+    if prefix is None:
+        token = value.strip()
+    else:
+        # The auth scheme is case-insensitive (RFC 7235 §2.1): "bearer x" is fine.
+        if len(value) < len(prefix) or value[: len(prefix)].lower() != prefix.lower():
+            return None
+        token = value[len(prefix) :].strip()
+    if not token:
+        raise MalformedToken("empty token")
+    return token
+
+
+def cookies(header: str) -> dict[str, str]:
+    """Parse a Cookie header leniently: the first occurrence of a name wins."""
+    out: dict[str, str] = {}
+    for part in header.split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name and name not in out:
+            out[name] = value.strip().strip('"')
+    return out
+
+
+def query_params(path: str) -> dict[str, list[str]]:
+    """Envoy's ``http.query`` is always empty: the query string is inside ``:path``."""
+    _, sep, query = path.partition("?")
+    out: dict[str, list[str]] = {}
+    if sep:
+        for name, value in parse_qsl(query.partition("#")[0], keep_blank_values=True):
+            out.setdefault(name, []).append(value)
+    return out
+
+
+def extract(headers: Mapping[str, str], path: str, sources: Iterable[TokenSource]) -> Found | None:
+    """Return the one token the request carries, or None.
+
+    Every source is consulted so that two *different* tokens are detected (an attacker
+    must not choose which one we check); the same token in two places is fine.
+    Raises InvalidRequest for conflicting tokens, MalformedToken for an empty one.
+    """
+    found: Found | None = None
+    jar: dict[str, str] | None = None
+    query: dict[str, list[str]] | None = None
+    for source in sources:
+        values: list[str] = []
+        if source.header is not None:
+            raw = headers.get(source.header)
+            if raw is not None:
+                token = _from_header(raw, source)
+                if token is not None:
+                    values.append(token)
+        elif source.cookie is not None:
+            if jar is None:
+                jar = cookies(headers.get("cookie", ""))
+            if (v := jar.get(source.cookie)) is not None:
+                values.append(v)
+        elif source.query is not None:
+            if query is None:
+                query = query_params(path)
+            values.extend(query.get(source.query, ()))
+        for token in values:
+            if not token:
+                raise MalformedToken("empty token")
+            if found is None:
+                found = Found(token, source)
+            elif found.token != token:
+                raise InvalidRequest()
+    return found

@@ -1,0 +1,206 @@
+"""Token verification (RFC 7519 / RFC 8725) through joserfc. Verification raises.
+
+``parse`` does the cheap, key-free checks; ``verify`` selects the key (by provider,
+then ``kid``; never from ``jku``/``x5u``/``jwk``/``x5c``), checks the signature and the
+claims. ``check_claims`` is separate so a verified-token cache can re-run it on a hit.
+All joserfc exceptions are translated here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jws import JWSRegistry
+from joserfc.util import urlsafe_b64decode
+
+from . import errors
+from .config import Provider
+from .jwks import KeySet
+
+MAX_TOKEN_BYTES = 8192
+
+
+class _Registry(JWSRegistry):
+    # joserfc's defaults (512-byte header, 1 KiB signature) refuse RSA-8192 tokens;
+    # our own 8 KiB cap on the whole token is the real bound.
+    max_header_length = MAX_TOKEN_BYTES
+    max_payload_length = MAX_TOKEN_BYTES
+    max_signature_length = MAX_TOKEN_BYTES
+
+
+_REGISTRY = _Registry(strict_check_header=False)
+_ALGS = JWSRegistry.algorithms
+# Header members whose meaning we do not implement: rejecting beats misreading.
+_REFUSED_HEADERS = ("crit", "b64", "zip", "enc")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError("duplicate member")
+        out[k] = v
+    return out
+
+
+def _reject_constant(_: str) -> None:
+    raise ValueError("non-standard number")
+
+
+@dataclass(frozen=True, slots=True)
+class Unverified:
+    """A structurally valid JWS whose signature has not been checked yet."""
+
+    header: Mapping[str, Any]
+    claims: Mapping[str, Any] = field(repr=False)
+    signing_input: bytes = field(repr=False)
+    signature: bytes = field(repr=False)
+
+    @property
+    def alg(self) -> str:
+        return str(self.header["alg"])
+
+    @property
+    def kid(self) -> str | None:
+        kid = self.header.get("kid")
+        return kid if isinstance(kid, str) else None
+
+    @property
+    def iss(self) -> str | None:
+        iss = self.claims.get("iss")
+        return iss if isinstance(iss, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    provider: str
+    claims: Mapping[str, Any] = field(repr=False)
+    kid: str | None
+    thumbprint: str  # of the key that verified it: revocation drops cache entries by it
+
+    @property
+    def exp(self) -> float:
+        return float(self.claims["exp"])
+
+
+def parse(token: str) -> Unverified:
+    """Key-free checks: size, shape, header, JSON payload. Raises InvalidToken subclasses."""
+    if len(token) > MAX_TOKEN_BYTES:
+        raise errors.TokenTooLarge()
+    if not token.isascii():
+        raise errors.MalformedToken()
+    dots = token.count(".")
+    if dots == 4:
+        raise errors.MalformedToken("encrypted tokens are not accepted")
+    if dots != 2:
+        raise errors.MalformedToken()
+    try:
+        obj = jws.extract_compact(token.encode("ascii"), registry=_REGISTRY)
+        header = obj.headers()
+        signature = urlsafe_b64decode(obj.segments["signature"])
+    except (JoseError, ValueError, TypeError, KeyError):
+        raise errors.MalformedToken() from None
+    alg = header.get("alg")
+    if not isinstance(alg, str):
+        raise errors.MalformedToken()
+    if alg.lower() == "none":
+        raise errors.AlgorithmNotAllowed()
+    for name in _REFUSED_HEADERS:
+        if name in header:
+            raise errors.UnsupportedHeader()
+    try:
+        claims = json.loads(
+            obj.payload, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant
+        )
+    except (ValueError, UnicodeDecodeError):
+        raise errors.MalformedToken("token payload is not JSON") from None
+    if not isinstance(claims, dict):
+        raise errors.MalformedToken("token payload is not a JSON object")
+    return Unverified(
+        header=header,
+        claims=claims,
+        signing_input=obj.segments["header"] + b"." + obj.segments["payload"],
+        signature=signature,
+    )
+
+
+def _numeric(claims: Mapping[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise errors.InvalidClaims(f"claim {name} is not a NumericDate")
+    return float(value)
+
+
+def check_claims(claims: Mapping[str, Any], provider: Provider, now: float) -> None:
+    """Issuer, audience, time and required claims. Cheap: runs on every cache hit too."""
+    if claims.get("iss") != provider.issuer:
+        raise errors.UnknownIssuer()
+    exp = _numeric(claims, "exp")
+    if exp is None:
+        raise errors.InvalidClaims("claim exp is required")
+    skew = provider.clock_skew
+    if now >= exp + skew:
+        raise errors.Expired()
+    nbf = _numeric(claims, "nbf")
+    if nbf is not None and now + skew < nbf:
+        raise errors.NotYetValid()
+    iat = _numeric(claims, "iat")
+    if iat is not None and now + skew < iat:
+        raise errors.NotYetValid("token issued in the future")
+    if provider.max_lifetime is not None:
+        if iat is None:
+            raise errors.InvalidClaims("claim iat is required")
+        if exp - iat > provider.max_lifetime:
+            raise errors.InvalidClaims("token lifetime too long")
+    if provider.audiences:
+        aud = claims.get("aud")
+        if isinstance(aud, str):
+            aud = [aud]
+        if not isinstance(aud, list) or not all(isinstance(a, str) for a in aud):
+            raise errors.WrongAudience()
+        if not any(a in provider.audiences for a in aud):
+            raise errors.WrongAudience()
+    for name in provider.required_claims:
+        if name not in claims:
+            raise errors.InvalidClaims(f"claim {name} is required")
+
+
+def verify(token: Unverified, name: str, provider: Provider, keys: KeySet, now: float) -> Verified:
+    """Signature and claims. Raises; never returns an unverified result.
+
+    ``UnknownKey`` means no key of this provider carries the token's ``kid``: the caller
+    may refetch the JWKS once and retry.
+    """
+    alg = token.alg
+    if alg not in provider.algorithms or alg not in _ALGS:
+        raise errors.AlgorithmNotAllowed()
+    # Claims first: they are cheap and they gate the (rate-limited) unknown-kid refetch.
+    check_claims(token.claims, provider, now)
+    kid = token.kid
+    if kid is not None and kid not in keys.by_kid:
+        raise errors.UnknownKey()
+    candidates = keys.candidates(kid, alg)
+    if not candidates:
+        if kid is None and not keys.keys:
+            raise errors.UnknownKey()
+        # The kid exists but its key type, curve or own `alg` disagree with the token.
+        raise errors.AlgorithmNotAllowed("algorithm does not match key")
+    model = _ALGS[alg]
+    for key in candidates:
+        try:
+            ok = model.verify(token.signing_input, token.signature, key.key)
+        except (JoseError, ValueError, TypeError):
+            ok = False
+        if ok:
+            return Verified(
+                provider=name, claims=token.claims, kid=key.kid, thumbprint=key.thumbprint
+            )
+    raise errors.BadSignature()
