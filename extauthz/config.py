@@ -129,7 +129,9 @@ class Provider(_Model):
     required_claims: tuple[str, ...] = ()
     token_sources: tuple[TokenSource, ...] = DEFAULT_TOKEN_SOURCES
     forward_token: bool = True
-    claims_to_headers: Mapping[HeaderName, str] = Field(default_factory=dict)
+    claims_to_headers: Mapping[HeaderName, str] = Field(
+        default_factory=lambda: MappingProxyType({})
+    )
     payload_header: HeaderName | None = None
 
     @field_validator("jwks_uri")
@@ -259,7 +261,9 @@ class Rule(_Model):
     allow_anonymous: bool = False
     providers: tuple[str, ...] | None = None
     scopes: tuple[str, ...] = ()
-    claims: Mapping[str, tuple[str | int | bool, ...]] = Field(default_factory=dict)
+    claims: Mapping[str, tuple[str | int | bool, ...]] = Field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     @field_validator("claims")
     @classmethod

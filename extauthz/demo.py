@@ -118,21 +118,22 @@ async def run(*, port: int = 10000, alg: str = "EdDSA", rotate_every: float = 60
         f"  upstream     http://127.0.0.1:{up_port}",
     ]
     if base:
+        auth = "-H 'Authorization: Bearer {}'"
+        examples = [
+            ("valid token -> 200; the upstream sees x-user-id: alice", "/hello", valid),
+            ('expired token -> 401 error="invalid_token" "token expired"', "/hello", expired),
+            ('no token -> 401 WWW-Authenticate: Bearer realm="extauthz"', "/hello", None),
+            ("wrong audience -> 401", "/hello", wrong_aud),
+            ('token without the admin scope -> 403 "insufficient_scope"', "/admin", valid),
+            ("token with the admin scope -> 200", "/admin", admin),
+            ("public path, no token -> 200", "/public/info", None),
+        ]
+        lines += [f"  envoy        {base}", ""]
+        for comment, path, token in examples:
+            lines.append(f"# {comment}")
+            lines.append(f"curl -i {base}{path}" + (" " + auth.format(token) if token else ""))
         lines += [
-            f"  envoy        {base}",
-            "",
-            "# valid token -> 200, the upstream sees x-user-id: alice",
-            f"curl -i {base}/hello -H 'Authorization: Bearer {valid}'",
-            '# expired token -> 401 error="invalid_token", error_description="token expired"',
-            f"curl -i {base}/hello -H 'Authorization: Bearer {expired}'",
-            '# no token -> 401 WWW-Authenticate: Bearer realm="extauthz"',
-            f"curl -i {base}/hello",
-            "# wrong audience -> 401; missing scope -> 403; public path -> 200 without a token",
-            f"curl -i {base}/hello -H 'Authorization: Bearer {wrong_aud}'",
-            f"curl -i {base}/admin -H 'Authorization: Bearer {valid}'",
-            f"curl -i {base}/admin -H 'Authorization: Bearer {admin}'",
-            f"curl -i {base}/public/info",
-            "# a fresh token (signed with the current key, which rotates)",
+            "# a fresh token from the dev issuer (its signing key rotates) -> 200",
             f'curl -i {base}/hello -H "Authorization: Bearer $(extauthz token '
             f'--issuer {dev.issuer} --sub bob --aud {AUDIENCE})"',
         ]

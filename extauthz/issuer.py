@@ -12,12 +12,14 @@ import ipaddress
 import json
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from joserfc import jwt
+from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 ALGORITHMS = ("EdDSA", "RS256", "ES256")
@@ -122,7 +124,11 @@ class DevIssuer:
         key = self._current
         key.latest_exp = max(key.latest_exp, float(body["exp"]))
         header = {"alg": self.alg, "kid": key.kid, "typ": "JWT"}
-        return jwt.encode(header, body, key.key, algorithms=[self.alg])
+        with warnings.catch_warnings():
+            # joserfc flags the "EdDSA" name (RFC 9864 prefers "Ed25519"); verifiers in
+            # the field still expect "EdDSA", which is what a dev issuer should emit.
+            warnings.simplefilter("ignore", SecurityWarning)
+            return jwt.encode(header, body, key.key, algorithms=[self.alg])
 
     def discovery(self) -> dict[str, Any]:
         return {

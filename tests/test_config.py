@@ -1,0 +1,456 @@
+"""Configuration schema: defaults, every problem named by its dotted path, frozen results."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+
+from extauthz import config
+from extauthz.errors import ConfigError
+
+MINIMAL_YAML = """\
+providers:
+  zuplo:
+    issuer: "https://issuer.example"
+    audiences: ["api"]
+    jwks_uri: "https://issuer.example/.well-known/jwks.json"
+"""
+
+BASE: dict[str, Any] = {
+    "issuer": "https://issuer.example",
+    "audiences": ["api"],
+    "jwks_uri": "https://issuer.example/.well-known/jwks.json",
+}
+
+
+def provider(**overrides: Any) -> dict[str, Any]:
+    out = {**BASE, **overrides}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def problems(data: object) -> list[tuple[str, str]]:
+    with pytest.raises(ConfigError) as info:
+        config.from_mapping(data)
+    assert info.value.problems, "a ConfigError must list its problems"
+    return list(info.value.problems)
+
+
+def paths(data: object) -> list[str]:
+    return [p for p, _ in problems(data)]
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def test_minimal_config_loads_with_documented_defaults(tmp_path: Path) -> None:
+    f = tmp_path / "extauthz.yaml"
+    f.write_text(MINIMAL_YAML)
+    cfg = config.load(f)
+
+    assert cfg.server.listen == "0.0.0.0:9191"
+    assert cfg.server.admin_listen == "127.0.0.1:9192"
+    assert cfg.server.workers == 1
+    assert cfg.server.token_cache_size == 100_000
+    assert cfg.server.realm == "extauthz"
+    assert cfg.server.tls is None
+    assert cfg.rules is None
+    assert cfg.default_action == "deny"
+
+    p = cfg.providers["zuplo"]
+    assert p.issuer == "https://issuer.example"
+    assert p.audiences == ("api",)
+    assert p.key_source.startswith("jwks_uri ")
+    assert p.refresh_interval == 300.0
+    assert p.min_refresh_interval == 30.0
+    assert p.max_stale == 86400.0
+    assert p.fetch_timeout == 5.0
+    assert p.clock_skew == 60.0
+    assert p.max_lifetime is None
+    assert p.required_claims == ()
+    assert p.forward_token is True
+    assert dict(p.claims_to_headers) == {}
+    assert p.payload_header is None
+
+    assert len(p.token_sources) == 1
+    (src,) = p.token_sources
+    assert (src.header, src.prefix, src.cookie, src.query) == ("authorization", "Bearer ", None, None)
+
+
+def test_default_algorithms_are_asymmetric_only() -> None:
+    p = config.from_mapping({"providers": {"x": provider()}}).providers["x"]
+    assert set(p.algorithms) == {
+        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+        "ES256", "ES384", "ES512", "EdDSA",
+    }  # fmt: skip
+    assert not any(a.startswith("HS") for a in p.algorithms)
+    assert not any(a.lower() == "none" for a in p.algorithms)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("250ms", 0.25),
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("24h", 86400.0),
+        ("1.5s", 1.5),
+        (" 10s ", 10.0),
+        ("45", 45.0),
+        (45, 45.0),
+        (2.5, 2.5),
+        (0, 0.0),
+    ],
+)
+def test_parse_duration(value: object, seconds: float) -> None:
+    assert config.parse_duration(value) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value", ["", "abc", "5 minutes", "1d", "-5s", -1, True, None, [], "1e3"])
+def test_parse_duration_rejects(value: object) -> None:
+    with pytest.raises(ValueError):
+        config.parse_duration(value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "seconds"),
+    [
+        ("clock_skew", "250ms", 0.25),
+        ("clock_skew", 90, 90.0),
+        ("fetch_timeout", "30s", 30.0),
+        ("refresh_interval", "5m", 300.0),
+        ("max_stale", "24h", 86400.0),
+        ("max_lifetime", "1h", 3600.0),
+    ],
+)
+def test_durations_in_provider(field: str, value: object, seconds: float) -> None:
+    p = config.from_mapping({"providers": {"x": provider(**{field: value})}}).providers["x"]
+    assert getattr(p, field) == pytest.approx(seconds)
+
+
+# --------------------------------------------------------------------------- problems
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        ({"providers": {"zuplo": provider(clock_skwe="60s")}}, "providers.zuplo.clock_skwe"),
+        ({"providers": {"x": provider()}, "serverr": {}}, "serverr"),
+        ({"providers": {"x": provider()}, "server": {"listn": "x"}}, "server.listn"),
+        (
+            {"providers": {"x": provider(token_sources=[{"header": "a", "prefx": "B "}])}},
+            "providers.x.token_sources.0.prefx",
+        ),
+        (
+            {"providers": {"x": provider()}, "rules": [{"name": "r", "match": {"path": "/"}}]},
+            "rules.0.match.path",
+        ),
+    ],
+)
+def test_unknown_keys_rejected_with_dotted_path(data: dict[str, Any], path: str) -> None:
+    assert (path, "unknown key") in problems(data)
+
+
+def test_several_problems_reported_at_once() -> None:
+    data = {
+        "server": {"listen": "nope", "colour": "blue"},
+        "providers": {
+            "a": provider(clock_skew="soon", bogus=1),
+            "b": provider(audiences=None),
+        },
+    }
+    found = paths(data)
+    for path in (
+        "server.listen",
+        "server.colour",
+        "providers.a.clock_skew",
+        "providers.a.bogus",
+        "providers.b.audiences",
+    ):
+        assert path in found, (path, found)
+
+
+@pytest.mark.parametrize(
+    "field", ["clock_skew", "refresh_interval", "min_refresh_interval", "max_stale", "max_lifetime"]
+)
+@pytest.mark.parametrize("value", ["soon", "-1s", "10 parsecs", True])
+def test_bad_duration_names_its_path(field: str, value: object) -> None:
+    assert paths({"providers": {"x": provider(**{field: value})}}) == [f"providers.x.{field}"]
+
+
+@pytest.mark.parametrize(
+    "sources",
+    [
+        {"jwks_uri": None},
+        {"discovery": True},
+        {"jwks_file": "/etc/jwks.json"},
+        {"jwks": {"keys": []}},
+        {"jwks_file": "/etc/jwks.json", "jwks_uri": None},
+        {"discovery": True, "jwks": {"keys": []}},
+    ],
+)
+def test_exactly_one_key_source(sources: dict[str, Any]) -> None:
+    data = {"providers": {"x": provider(**sources)}}
+    chosen = {
+        "jwks_uri": "jwks_uri" not in sources,
+        "discovery": bool(sources.get("discovery")),
+        "jwks_file": "jwks_file" in sources,
+        "jwks": "jwks" in sources,
+    }
+    if sum(chosen.values()) == 1:
+        config.from_mapping(data)
+        return
+    found = problems(data)
+    assert [p for p, _ in found] == ["providers.x"]
+    assert "exactly one key source" in found[0][1]
+
+
+def test_no_key_source_is_rejected() -> None:
+    found = problems({"providers": {"x": {"issuer": "i", "audiences": []}}})
+    assert found[0][0] == "providers.x"
+    assert "got none" in found[0][1]
+
+
+@pytest.mark.parametrize("alg", ["none", "None", "NONE", "RS1", "foo"])
+def test_algorithm_none_and_unknown_rejected(alg: str) -> None:
+    assert paths({"providers": {"x": provider(algorithms=[alg])}}) == ["providers.x.algorithms.0"]
+
+
+def test_empty_algorithm_list_rejected() -> None:
+    assert paths({"providers": {"x": provider(algorithms=[])}}) == ["providers.x.algorithms"]
+
+
+def test_audiences_required() -> None:
+    found = problems({"providers": {"x": provider(audiences=None)}})
+    assert found == [("providers.x.audiences", "Field required")]
+
+
+def test_empty_audiences_explicitly_disables_the_check() -> None:
+    p = config.from_mapping({"providers": {"x": provider(audiences=[])}}).providers["x"]
+    assert p.audiences == ()
+    assert "audience check disabled" in config.summary(config.Config(providers={"x": p}))
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({}, [("providers", "Field required")]),
+        ([], [("", "the configuration must be a YAML mapping")]),
+        (None, [("", "the configuration must be a YAML mapping")]),
+    ],
+)
+def test_top_level_shape(data: object, expected: list[tuple[str, str]]) -> None:
+    assert problems(data) == expected
+
+
+def test_no_providers_rejected() -> None:
+    assert paths({"providers": {}}) == ["providers"]
+
+
+@pytest.mark.parametrize(
+    ("rules", "expected"),
+    [
+        (
+            [{"name": "a", "providers": ["nope"]}],
+            [("rules.0.providers", "unknown provider 'nope'")],
+        ),
+        (
+            [{"name": "a"}, {"name": "b"}, {"name": "a"}],
+            [("rules.2.name", "duplicate rule name 'a'")],
+        ),
+        (
+            [{"name": "a", "providers": ["x", "ghost"]}, {"name": "a"}],
+            [("rules.0.providers", "unknown provider 'ghost'"), ("rules.1.name", "duplicate rule name 'a'")],
+        ),
+    ],
+)
+def test_rules_reference_providers_and_have_unique_names(
+    rules: list[dict[str, Any]], expected: list[tuple[str, str]]
+) -> None:
+    assert problems({"providers": {"x": provider()}, "rules": rules}) == expected
+
+
+def test_token_source_needs_exactly_one_kind() -> None:
+    data = {"providers": {"x": provider(token_sources=[{"header": "a", "cookie": "b"}])}}
+    assert paths(data) == ["providers.x.token_sources.0"]
+    data = {"providers": {"x": provider(token_sources=[{"cookie": "c", "prefix": "Bearer "}])}}
+    assert paths(data) == ["providers.x.token_sources.0"]
+
+
+# --------------------------------------------------------------------------- frozen
+
+
+def frozen_config() -> config.Config:
+    return config.from_mapping(
+        {
+            "providers": {"x": provider(claims_to_headers={"X-User-Id": "sub"})},
+            "rules": [{"name": "r", "claims": {"tenant": ["acme"]}}],
+        }
+    )
+
+
+def test_config_objects_are_frozen() -> None:
+    cfg = frozen_config()
+    p = cfg.providers["x"]
+    with pytest.raises(pydantic.ValidationError):
+        p.issuer = "https://evil.example"  # type: ignore[misc]
+    with pytest.raises(pydantic.ValidationError):
+        cfg.default_action = "allow"  # type: ignore[misc]
+    with pytest.raises(pydantic.ValidationError):
+        cfg.server.listen = "0.0.0.0:1"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        cfg.providers["y"] = p  # type: ignore[index]
+    with pytest.raises(TypeError):
+        cfg.rules[0].claims["tenant"] = ("evil",)  # type: ignore[index]
+
+
+def test_claims_to_headers_is_not_mutable() -> None:
+    p = frozen_config().providers["x"]
+    assert dict(p.claims_to_headers) == {"x-user-id": "sub"}  # header names lower-cased
+    with pytest.raises(TypeError):
+        p.claims_to_headers["x-admin"] = "sub"  # type: ignore[index]
+
+
+def test_default_mappings_are_not_mutable() -> None:
+    cfg = config.from_mapping({"providers": {"x": provider()}, "rules": [{"name": "r"}]})
+    with pytest.raises(TypeError):
+        cfg.providers["x"].claims_to_headers["x-admin"] = "sub"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        cfg.rules[0].claims["tenant"] = ("evil",)  # type: ignore[index]
+
+
+def test_inline_jwks_not_in_repr() -> None:
+    secret = "c3VwZXItc2VjcmV0LWhtYWMta2V5LW1hdGVyaWFs"
+    p = config.Provider(
+        issuer="https://issuer.example",
+        audiences=("api",),
+        jwks={"keys": [{"kty": "oct", "k": secret, "kid": "hmac"}]},
+    )
+    cfg = config.Config(providers={"x": p})
+    for text in (repr(p), str(p), repr(cfg), str(cfg), config.summary(cfg)):
+        assert secret not in text
+        assert "oct" not in text
+    assert p.key_source == "inline jwks"
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k != "EXTAUTHZ_CONFIG"}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "extauthz", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=full_env,
+        check=False,
+    )
+
+
+@pytest.fixture
+def good_file(tmp_path: Path) -> Path:
+    f = tmp_path / "good.yaml"
+    f.write_text(MINIMAL_YAML)
+    return f
+
+
+def test_check_config_good_file(good_file: Path) -> None:
+    r = run_cli("check-config", "--config", str(good_file))
+    assert r.returncode == 0, r.stderr
+    assert "OK" in r.stdout
+    assert "provider zuplo: issuer https://issuer.example" in r.stdout
+    assert "audiences: api" in r.stdout
+    assert "default_action: deny" in r.stdout
+
+
+def test_check_config_lists_every_problem(tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(
+        """\
+server:
+  listen: "no-port"
+providers:
+  zuplo:
+    issuer: "https://issuer.example"
+    audiences: ["api"]
+    jwks_uri: "https://issuer.example/jwks"
+    clock_skwe: "60s"
+    refresh_interval: "soon"
+  other:
+    issuer: "https://other.example"
+    jwks_uri: "https://other.example/jwks"
+rules:
+  - name: r
+    providers: [ghost]
+"""
+    )
+    r = run_cli("check-config", "--config", str(f))
+    assert r.returncode == 2
+    assert r.stdout == ""
+    for path in (
+        "server.listen",
+        "providers.zuplo.clock_skwe",
+        "providers.zuplo.refresh_interval",
+        "providers.other.audiences",
+    ):
+        assert path in r.stderr, (path, r.stderr)
+    assert "unknown key" in r.stderr
+
+
+def test_check_config_rule_problems(tmp_path: Path) -> None:
+    f = tmp_path / "rules.yaml"
+    f.write_text(MINIMAL_YAML + "rules:\n  - {name: a, providers: [ghost]}\n  - {name: a}\n")
+    r = run_cli("check-config", "--config", str(f))
+    assert r.returncode == 2
+    assert "rules.0.providers" in r.stderr
+    assert "rules.1.name" in r.stderr
+
+
+def test_check_config_missing_file(tmp_path: Path) -> None:
+    r = run_cli("check-config", "--config", str(tmp_path / "absent.yaml"))
+    assert r.returncode == 2
+    assert "absent.yaml" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("text", ["providers: [unclosed\n", "a: b: c\n", "\tproviders: {}\n"])
+def test_check_config_invalid_yaml(tmp_path: Path, text: str) -> None:
+    f = tmp_path / "broken.yaml"
+    f.write_text(text)
+    r = run_cli("check-config", "--config", str(f))
+    assert r.returncode == 2
+    assert "invalid YAML" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_check_config_yaml_not_a_mapping(tmp_path: Path) -> None:
+    f = tmp_path / "list.yaml"
+    f.write_text("- a\n- b\n")
+    r = run_cli("check-config", "--config", str(f))
+    assert r.returncode == 2
+    assert "mapping" in r.stderr
+
+
+def test_check_config_from_env(good_file: Path, tmp_path: Path) -> None:
+    r = run_cli("check-config", env={"EXTAUTHZ_CONFIG": str(good_file)})
+    assert r.returncode == 0, r.stderr
+    assert "provider zuplo" in r.stdout
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MINIMAL_YAML + "    typo: 1\n")
+    r = run_cli("check-config", env={"EXTAUTHZ_CONFIG": str(bad)})
+    assert r.returncode == 2
+    assert "providers.zuplo.typo" in r.stderr
+
+
+def test_check_config_without_any_config() -> None:
+    r = run_cli("check-config")
+    assert r.returncode == 2
+    assert "--config" in r.stderr
