@@ -76,7 +76,8 @@ class Authorizer:
     async def _after_refetch(
         self, req: AuthRequest, need: NeedKeys, time_remaining: float | None
     ) -> Decision:
-        waiter = self.sources[need.provider].refetch_for_unknown_kid()
+        source = self.sources[need.provider]
+        waiter = source.refetch_for_unknown_kid(need.kid)
         if waiter is None:  # rate-limited: the kid stays unknown until the next window
             return self.policy.unknown_kid(need)
         budget = self._wait
@@ -90,4 +91,5 @@ class Authorizer:
         try:
             return self.policy.decide(req, self._keys, self._clock())
         except NeedKeys as again:
+            source.mark_absent(again.kid)
             return self.policy.unknown_kid(again)

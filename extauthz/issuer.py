@@ -9,6 +9,7 @@ Tokens are minted on ``POST /token`` from loopback only.
 from __future__ import annotations
 
 import ipaddress
+import threading
 import json
 import time
 import uuid
@@ -63,6 +64,7 @@ class DevIssuer:
         self._retired: list[_Key] = []
         self._rotated_at = clock()
         self.rotations = 0
+        self._lock = threading.RLock()  # tests and tools call it from several threads
 
     def _new_key(self) -> _Key:
         return _Key(kid=uuid.uuid4().hex[:16], key=_generate(self.alg))
@@ -73,12 +75,20 @@ class DevIssuer:
 
     def tick(self) -> None:
         """Rotate when due and drop retired keys whose tokens have all expired."""
+        with self._lock:
+            self._tick()
+
+    def _tick(self) -> None:
         now = self._clock()
         if self.rotate_every and now - self._rotated_at >= self.rotate_every:
-            self.rotate()
+            self._rotate()
         self._retired = [k for k in self._retired if k.latest_exp > now]
 
     def rotate(self) -> None:
+        with self._lock:
+            self._rotate()
+
+    def _rotate(self) -> None:
         now = self._clock()
         self._current.retired_at = now
         self._retired.append(self._current)
@@ -88,7 +98,11 @@ class DevIssuer:
         self.rotations += 1
 
     def jwks(self) -> dict[str, Any]:
-        self.tick()
+        with self._lock:
+            return self._jwks()
+
+    def _jwks(self) -> dict[str, Any]:
+        self._tick()
         ring = [self._current, *([self._next] if self._next else []), *self._retired]
         keys = []
         for k in ring:
@@ -106,7 +120,18 @@ class DevIssuer:
         ttl: float | None = None,
         claims: Mapping[str, Any] | None = None,
     ) -> str:
-        self.tick()
+        with self._lock:
+            return self._mint(sub, aud, scope, ttl, claims)
+
+    def _mint(
+        self,
+        sub: str,
+        aud: str | list[str] | None,
+        scope: str | None,
+        ttl: float | None,
+        claims: Mapping[str, Any] | None,
+    ) -> str:
+        self._tick()
         now = self._clock()
         ttl = self.token_ttl if ttl is None else ttl
         body: dict[str, Any] = {

@@ -89,7 +89,7 @@ def _one_key(data: Mapping[str, Any]) -> VerifyKey:
     if kid is not None and not isinstance(kid, str):
         raise ValueError("kid is not a string")
     alg = data.get("alg")
-    if alg is not None and alg not in ALG_KEY_TYPES:
+    if alg is not None and (not isinstance(alg, str) or alg not in ALG_KEY_TYPES):
         raise ValueError(f"unsupported alg {alg!r}")
     # Import only the public members: a JWKS that leaks `d` must not turn us into a signer.
     public = {k: v for k, v in data.items() if k not in ("d", "p", "q", "dp", "dq", "qi", "oth")}

@@ -23,6 +23,7 @@ import json
 import os
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -36,6 +37,8 @@ from .config import Provider
 from .errors import KeyFetchError
 
 MAX_JWKS_BYTES = 1 << 20
+#: Kids just proven absent by a refetch; bounded so junk kids cannot grow memory.
+MAX_ABSENT_KIDS = 1024
 _log = logs.get("extauthz.keys")
 
 
@@ -232,6 +235,7 @@ class KeySource:
         self._next_due: float = 0.0
         self._failures = 0
         self._inflight: asyncio.Task[bool] | None = None
+        self._absent: OrderedDict[str, float] = OrderedDict()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None
@@ -321,6 +325,8 @@ class KeySource:
         for label, why in new.skipped:
             _log.warning("jwks_key_skipped", provider=self.name, kid=label, reason=why)
         old_kids = old.kids if old else frozenset()
+        for kid in new.kids:
+            self._absent.pop(kid, None)
         if old is None or old.thumbprints != new.thumbprints:
             _log.info(
                 "jwks_changed",
@@ -332,16 +338,21 @@ class KeySource:
             if self._on_change is not None:
                 self._on_change(self.name, old or jwks.EMPTY, new)
 
-    def refetch_for_unknown_kid(self) -> Awaitable[bool] | None:
+    def refetch_for_unknown_kid(self, kid: str | None = None) -> Awaitable[bool] | None:
         """Start (or join) the shared refetch; None when rate-limited.
 
         Rate limit: at most one unknown-kid fetch per ``min_refresh_interval``, so a
-        storm of random kids costs the issuer one request per interval.
+        storm of random kids costs the issuer one request per interval. A kid that a
+        refetch just proved absent is refused at once, without joining a fetch.
         """
         metrics.UNKNOWN_KID.labels(self.name).inc()
+        now = self._clock()
+        if kid is not None:
+            seen = self._absent.get(kid)
+            if seen is not None and now - seen < self.provider.min_refresh_interval:
+                return None
         if self._inflight is not None and not self._inflight.done():
             return asyncio.shield(self._inflight)
-        now = self._clock()
         last = self._last_unknown_kid_fetch
         if last is not None and now - last < self.provider.min_refresh_interval:
             return None
@@ -350,6 +361,14 @@ class KeySource:
             self.refresh("unknown_kid", no_cache=True)
         )
         return asyncio.shield(self._inflight)
+
+    def mark_absent(self, kid: str | None) -> None:
+        if kid is None:
+            return
+        self._absent[kid] = self._clock()
+        self._absent.move_to_end(kid)
+        while len(self._absent) > MAX_ABSENT_KIDS:
+            self._absent.popitem(last=False)
 
     async def wait_ready(self, timeout: float | None = None) -> bool:
         try:

@@ -134,9 +134,15 @@ def _numeric(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise errors.InvalidClaims(f"claim {name} is not a NumericDate")
-    return float(value)
+    try:
+        number = float(value)  # a 400-digit JSON integer overflows here
+    except OverflowError:
+        raise errors.InvalidClaims(f"claim {name} is not a NumericDate") from None
+    if not math.isfinite(number):
+        raise errors.InvalidClaims(f"claim {name} is not a NumericDate")
+    return number
 
 
 def check_claims(claims: Mapping[str, Any], provider: Provider, now: float) -> None:
