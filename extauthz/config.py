@@ -13,6 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
+import re2
 import yaml
 from pydantic import (
     AfterValidator,
@@ -77,6 +78,13 @@ def _header_name(value: str) -> str:
 
 
 HeaderName = Annotated[str, AfterValidator(_header_name)]
+
+
+def compile_regex(pattern: str) -> Any:
+    """RE2 (as Envoy's safe_regex): linear time, so no pattern can be a ReDoS."""
+    options = re2.Options()
+    options.log_errors = False
+    return re2.compile(pattern, options)
 
 
 class _Model(BaseModel):
@@ -233,9 +241,10 @@ class Match(_Model):
     def _regex(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression: {exc}") from None
+                compile_regex(value)
+            except re2.error as exc:
+                detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
+                raise ValueError(f"invalid regular expression (RE2 syntax): {detail}") from None
         return value
 
     @field_validator("methods")
@@ -253,6 +262,18 @@ class Match(_Model):
         if sum(p is not None for p in (self.path_prefix, self.path_exact, self.path_regex)) > 1:
             raise ValueError("set at most one of path_prefix, path_exact, path_regex")
         return self
+
+
+    @property
+    def catch_all(self) -> bool:
+        """Matches every request: any rule after it is unreachable."""
+        return (
+            self.methods is None
+            and self.hosts is None
+            and self.path_exact is None
+            and self.path_regex in (None, ".*", "/.*")
+            and self.path_prefix in (None, "/", "")
+        )
 
 
 class Rule(_Model):
@@ -288,7 +309,15 @@ class Config(_Model):
     def _rules_reference_providers(self) -> Config:
         problems: list[str] = []
         seen: set[str] = set()
+        catch_all: str | None = None
         for i, rule in enumerate(self.rules or ()):
+            if catch_all is not None:
+                problems.append(
+                    f"rules.{i}.match: rule {rule.name!r} can never match: "
+                    f"rule {catch_all!r} before it matches every request"
+                )
+            elif rule.match.catch_all:
+                catch_all = rule.name
             if rule.name in seen:
                 problems.append(f"rules.{i}.name: duplicate rule name {rule.name!r}")
             seen.add(rule.name)

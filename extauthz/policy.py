@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import errors, tokens, verify
-from .config import Config, Provider, Rule, TokenSource
+from . import errors, paths, tokens, verify
+from .config import Config, Provider, Rule, TokenSource, compile_regex
 from .jwks import KeySet
 
 CONTEXT_RULE_KEY = "extauthz_rule"
@@ -113,10 +113,6 @@ class _Rule:
     sources: tuple[TokenSource, ...]
 
 
-def _path_only(path: str) -> str:
-    return path.partition("?")[0].partition("#")[0]
-
-
 def _host_only(host: str) -> str:
     """``Host``/``:authority`` without its port (``[::1]:8080`` -> ``[::1]``)."""
     host = host.lower()
@@ -130,7 +126,7 @@ def _host_only(host: str) -> str:
 
 def _matcher(rule: Rule) -> Callable[[AuthRequest, str], bool]:
     m = rule.match
-    regex = re.compile(m.path_regex) if m.path_regex is not None else None
+    regex = compile_regex(m.path_regex) if m.path_regex is not None else None
     methods = frozenset(m.methods) if m.methods is not None else None
     hosts = frozenset(m.hosts) if m.hosts is not None else None
 
@@ -193,7 +189,7 @@ class Policy:
             if chosen is None:
                 raise errors.NoRuleMatched(reason="unknown_rule")
             return chosen
-        path = _path_only(req.path)
+        path = paths.normalise(req.path)
         for r in self.rules:
             if r.matches(req, path):
                 return r

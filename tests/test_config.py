@@ -79,7 +79,12 @@ def test_minimal_config_loads_with_documented_defaults(tmp_path: Path) -> None:
 
     assert len(p.token_sources) == 1
     (src,) = p.token_sources
-    assert (src.header, src.prefix, src.cookie, src.query) == ("authorization", "Bearer ", None, None)
+    assert (src.header, src.prefix, src.cookie, src.query) == (
+        "authorization",
+        "Bearer ",
+        None,
+        None,
+    )
 
 
 def test_default_algorithms_are_asymmetric_only() -> None:
@@ -252,20 +257,28 @@ def test_no_providers_rejected() -> None:
     assert paths({"providers": {}}) == ["providers"]
 
 
+def rule(name: str, prefix: str, **extra: Any) -> dict[str, Any]:
+    # Distinct, non-catch-all matches so that only the problem under test is reported.
+    return {"name": name, "match": {"path_prefix": prefix}, **extra}
+
+
 @pytest.mark.parametrize(
     ("rules", "expected"),
     [
         (
-            [{"name": "a", "providers": ["nope"]}],
+            [rule("a", "/a", providers=["nope"])],
             [("rules.0.providers", "unknown provider 'nope'")],
         ),
         (
-            [{"name": "a"}, {"name": "b"}, {"name": "a"}],
+            [rule("a", "/a"), rule("b", "/b"), rule("a", "/c")],
             [("rules.2.name", "duplicate rule name 'a'")],
         ),
         (
-            [{"name": "a", "providers": ["x", "ghost"]}, {"name": "a"}],
-            [("rules.0.providers", "unknown provider 'ghost'"), ("rules.1.name", "duplicate rule name 'a'")],
+            [rule("a", "/a", providers=["x", "ghost"]), rule("a", "/b")],
+            [
+                ("rules.0.providers", "unknown provider 'ghost'"),
+                ("rules.1.name", "duplicate rule name 'a'"),
+            ],
         ),
     ],
 )
@@ -273,6 +286,21 @@ def test_rules_reference_providers_and_have_unique_names(
     rules: list[dict[str, Any]], expected: list[tuple[str, str]]
 ) -> None:
     assert problems({"providers": {"x": provider()}, "rules": rules}) == expected
+
+
+def test_valid_rules_load() -> None:
+    cfg = config.from_mapping(
+        {
+            "providers": {"x": provider()},
+            "rules": [
+                {"name": "health", "match": {"path_prefix": "/healthz"}, "allow_anonymous": True},
+                rule("admin", "/admin", providers=["x"], scopes=["admin"]),
+            ],
+        }
+    )
+    assert cfg.rules is not None
+    assert [r.name for r in cfg.rules] == ["health", "admin"]
+    assert cfg.rules[1].providers == ("x",)
 
 
 def test_token_source_needs_exactly_one_kind() -> None:

@@ -35,7 +35,12 @@ ALL = (BEARER, CUSTOM, COOKIE, QUERY)
         ({"authorization": "Bear"}, "/", DEFAULT_TOKEN_SOURCES, None),
         ({"authorization": TOKEN}, "/", DEFAULT_TOKEN_SOURCES, None),
         # The default does not look at cookies or the query string.
-        ({"cookie": f"access_token={TOKEN}"}, f"/?access_token={TOKEN}", DEFAULT_TOKEN_SOURCES, None),
+        (
+            {"cookie": f"access_token={TOKEN}"},
+            f"/?access_token={TOKEN}",
+            DEFAULT_TOKEN_SOURCES,
+            None,
+        ),
         # Custom header without a prefix: the whole value (trimmed) is the token.
         ({"x-zuplo-jwt": TOKEN}, "/", (CUSTOM,), TOKEN),
         ({"x-zuplo-jwt": f"  {TOKEN} "}, "/", (CUSTOM,), TOKEN),
@@ -127,7 +132,11 @@ def test_two_different_tokens_is_invalid_request(headers: dict[str, str], path: 
         ({"authorization": f"Bearer {TOKEN}"}, f"/?access_token={TOKEN}"),
         ({}, f"/?access_token={TOKEN}&access_token={TOKEN}"),
         (
-            {"authorization": f"bearer {TOKEN}", "x-zuplo-jwt": TOKEN, "cookie": f"access_token={TOKEN}"},
+            {
+                "authorization": f"bearer {TOKEN}",
+                "x-zuplo-jwt": TOKEN,
+                "cookie": f"access_token={TOKEN}",
+            },
             f"/?access_token={TOKEN}",
         ),
     ],

@@ -167,13 +167,15 @@ def test_alg_not_in_allow_list(
     signers: dict[str, Signer], keys: KeySet, token_alg: str, allowed: tuple[str, ...]
 ) -> None:
     s = signers.get(token_alg) or Signer(token_alg)
-    denied(s.sign(good_claims()), keys, errors.AlgorithmNotAllowed, prov=provider(algorithms=allowed))
+    denied(
+        s.sign(good_claims()), keys, errors.AlgorithmNotAllowed, prov=provider(algorithms=allowed)
+    )
 
 
 @pytest.mark.parametrize("alg", ["ES256K", "Ed448", "RS1", "HS1", "A256GCM", "dir"])
 def test_unknown_or_unlisted_alg_names(rs: Signer, keys: KeySet, alg: str) -> None:
     token = sign_manually(rs, {"alg": "RS256", "kid": rs.kid}, good_claims())
-    h, p, s = split(token)
+    _, p, s = split(token)
     forged = f"{b64({'alg': alg, 'kid': rs.kid})}.{p}.{s}"
     err = denied(forged, keys, (errors.AlgorithmNotAllowed, errors.MalformedToken))
     assert not isinstance(err, errors.BadSignature)
@@ -210,8 +212,10 @@ def test_algorithm_confusion_hmac_with_rsa_public_key(
         denied(token, ks, (errors.AlgorithmNotAllowed, errors.BadSignature), prov=prov)
 
 
-@pytest.mark.parametrize(("signed", "relabel"), [("RS256", "PS256"), ("PS256", "RS256"),
-                                                 ("RS384", "PS384"), ("PS512", "RS512")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("signed", "relabel"),
+    [("RS256", "PS256"), ("PS256", "RS256"), ("RS384", "PS384"), ("PS512", "RS512")],
+)
 @pytest.mark.parametrize("jwk_alg", [True, False])
 def test_rsa_pss_relabel(signed: str, relabel: str, jwk_alg: bool) -> None:
     s = Signer(signed, kid="rsa")
@@ -526,7 +530,9 @@ def test_non_string_kid_is_not_a_lookup_key(rs: Signer, keys: KeySet) -> None:
     token = sign_manually(rs, {"alg": "RS256", "kid": ["x"]}, good_claims())
     assert check(token, keys).kid == rs.kid
     other = Signer("RS256", kid="other")
-    denied(sign_manually(other, {"alg": "RS256", "kid": 7}, good_claims()), keys, errors.BadSignature)
+    denied(
+        sign_manually(other, {"alg": "RS256", "kid": 7}, good_claims()), keys, errors.BadSignature
+    )
 
 
 # --------------------------------------------------------------------------- shape / size
@@ -583,7 +589,13 @@ def test_garbage_is_malformed(keys: KeySet, token: str) -> None:
 
 def test_jwe_shaped_token_is_malformed(keys: KeySet) -> None:
     jwe = ".".join(
-        [b64({"alg": "RSA-OAEP", "enc": "A256GCM"}), b64(b"k" * 32), b64(b"iv"), b64(b"ct"), b64(b"t")]
+        [
+            b64({"alg": "RSA-OAEP", "enc": "A256GCM"}),
+            b64(b"k" * 32),
+            b64(b"iv"),
+            b64(b"ct"),
+            b64(b"t"),
+        ]
     )
     err = denied(jwe, keys, errors.MalformedToken)
     assert "encrypted" in err.description
@@ -630,14 +642,18 @@ def test_signature_not_base64url(rs: Signer, keys: KeySet) -> None:
         (b"null", "not a JSON object"),
         (b'{"iss": "x", "exp": 1', "not JSON"),
         # Duplicate members: which `iss` or `exp` wins must never be a parser's choice.
-        (b'{"iss": "https://evil.example", "iss": "https://issuer.example", "exp": 2000000000}', "not JSON"),
+        (
+            b'{"iss": "https://evil.example", "iss": "https://issuer.example", "exp": 2000000000}',
+            "not JSON",
+        ),
         (b'{"iss": "https://issuer.example", "exp": 1, "exp": 2000000000}', "not JSON"),
-        (b'{"iss": "https://issuer.example", "x": {"a": 1, "a": 2}, "exp": 2000000000}', "not JSON"),
+        (
+            b'{"iss": "https://issuer.example", "x": {"a": 1, "a": 2}, "exp": 2000000000}',
+            "not JSON",
+        ),
     ],
 )
-def test_payload_must_be_a_json_object(
-    rs: Signer, keys: KeySet, payload: bytes, why: str
-) -> None:
+def test_payload_must_be_a_json_object(rs: Signer, keys: KeySet, payload: bytes, why: str) -> None:
     token = rs.sign_raw({"alg": "RS256", "kid": rs.kid}, payload)
     err = denied(token, keys, errors.MalformedToken)
     assert why in err.description
@@ -698,7 +714,9 @@ _json_scalar = (
 )
 _json = st.recursive(
     _json_scalar,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=10,
 )
 _plausible_date = st.integers(min_value=NOW - 10_000, max_value=NOW + 10_000)
@@ -718,14 +736,13 @@ _header = st.fixed_dictionaries(
             st.sampled_from(["RS256", "ES256", "EdDSA", "HS256"]),  # mostly reach the claims
             st.sampled_from(["RS256", "ES256", "EdDSA", "HS256"]),
             st.sampled_from([*ALL_ALGS, "none", "None", "ES256K", "Ed448", "RSA-OAEP", ""]),
+            st.sampled_from([*ALL_ALGS, "none"]),
             _json,
         ),
     },
     optional={
         "kid": st.sampled_from(["p-rs", "p-es", "p-ed", "p-hs", "nope", ""]) | _json,
         "typ": _json,
-        "crit": _json,
-        "b64": _json,
         "jwk": _json,
         "jku": _json,
         "x5c": _json,
@@ -734,7 +751,7 @@ _header = st.fixed_dictionaries(
 _claims = st.fixed_dictionaries(
     {
         "iss": st.one_of(st.just(ISS), st.just(ISS), st.sampled_from([ISS + "/", ""]), _json),
-        "exp": _numeric_date,
+        "exp": st.integers(min_value=NOW + 100, max_value=NOW + 5_000) | _numeric_date,
         "aud": st.sampled_from([AUD, [AUD], ["x", AUD]]) | st.sampled_from([[], "x"]) | _json,
     },
     optional={

@@ -1,0 +1,53 @@
+"""Path normalisation for rule matching (fail closed on ambiguity).
+
+Rules match the path as a typical upstream will resolve it, so that no spelling of
+``/admin`` can ride a weaker rule:
+
+- the query string and fragment are dropped (Envoy leaves the query inside ``:path``);
+- percent-encoded *unreserved* characters (``A-Z a-z 0-9 - . _ ~``) are decoded, as
+  RFC 3986 §6.2.2.2 makes them equivalent (``/%61dmin`` is ``/admin``);
+- repeated slashes are merged (``//admin`` is ``/admin``);
+- ``.`` and ``..`` segments are resolved (``/public/../admin`` is ``/admin``);
+- a path that stays ambiguous is refused with 400 instead of guessed at: an encoded
+  slash or backslash (``%2F``, ``%5C``) — upstreams disagree on whether it separates
+  segments — a literal backslash, a control character, ``..`` above the root, or a
+  path that does not start with ``/``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import InvalidRequest
+
+_UNRESERVED = re.compile(r"%(4[1-9A-Fa-f]|5[0-9Aa]|6[1-9A-Fa-f]|7[0-9Aa]|3[0-9]|2[DdEe]|5[Ff]|7[Ee])")
+_AMBIGUOUS = re.compile(r"%(2[Ff]|5[Cc])|\\|[\x00-\x1f\x7f]")
+
+
+class BadPath(InvalidRequest):
+    reason = "bad_path"
+    description = "ambiguous request path"
+
+
+def normalise(path: str) -> str:
+    """Return the canonical path for matching. Raises BadPath."""
+    path = path.partition("?")[0].partition("#")[0]
+    if "%" in path:
+        path = _UNRESERVED.sub(lambda m: chr(int(m.group(1), 16)), path)
+    if _AMBIGUOUS.search(path) or not path.startswith("/"):
+        raise BadPath()
+    if "//" not in path and "/." not in path:
+        return path  # the common case: nothing to resolve
+    out: list[str] = []
+    segments = path.split("/")[1:]
+    for seg in segments:
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            if not out:
+                raise BadPath()
+            out.pop()
+        else:
+            out.append(seg)
+    trailing = segments[-1] in ("", ".", "..") and bool(out)
+    return "/" + "/".join(out) + ("/" if trailing else "")
