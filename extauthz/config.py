@@ -243,7 +243,9 @@ class Match(_Model):
             try:
                 compile_regex(value)
             except re2.error as exc:
-                detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
+                detail = (
+                    exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
+                )
                 raise ValueError(f"invalid regular expression (RE2 syntax): {detail}") from None
         return value
 
@@ -262,7 +264,6 @@ class Match(_Model):
         if sum(p is not None for p in (self.path_prefix, self.path_exact, self.path_regex)) > 1:
             raise ValueError("set at most one of path_prefix, path_exact, path_regex")
         return self
-
 
     @property
     def catch_all(self) -> bool:

@@ -9,8 +9,8 @@ Tokens are minted on ``POST /token`` from loopback only.
 from __future__ import annotations
 
 import ipaddress
-import threading
 import json
+import threading
 import time
 import uuid
 import warnings

@@ -78,7 +78,7 @@ class KeySet:
 EMPTY = KeySet((), MappingProxyType({}))
 
 
-def _one_key(data: Mapping[str, Any]) -> VerifyKey:
+def _one_key(data: Mapping[str, Any], allow_symmetric: bool) -> VerifyKey:
     use = data.get("use")
     if use is not None and use != "sig":
         raise ValueError(f"use is {use!r}, not 'sig'")
@@ -95,7 +95,10 @@ def _one_key(data: Mapping[str, Any]) -> VerifyKey:
     public = {k: v for k, v in data.items() if k not in ("d", "p", "q", "dp", "dq", "qi", "oth")}
     kty = data.get("kty")
     if kty == "oct":
-        public = dict(data)  # symmetric keys are secret by nature (inline jwks only)
+        if not allow_symmetric:
+            # A shared secret in a fetched (public) JWKS means anyone can sign.
+            raise ValueError("symmetric (oct) keys are only accepted from inline or file jwks")
+        public = dict(data)  # symmetric keys are secret by nature
     try:
         key = jwk.import_key(public)
     except (JoseError, ValueError, TypeError, KeyError) as exc:
@@ -117,7 +120,7 @@ def _one_key(data: Mapping[str, Any]) -> VerifyKey:
     )
 
 
-def parse(document: bytes | str | Mapping[str, Any]) -> KeySet:
+def parse(document: bytes | str | Mapping[str, Any], *, allow_symmetric: bool = True) -> KeySet:
     """Parse a JWKS. Raises KeyFetchError when no usable key is left."""
     if isinstance(document, bytes | str):
         try:
@@ -134,7 +137,7 @@ def parse(document: bytes | str | Mapping[str, Any]) -> KeySet:
             skipped.append((label, "not an object"))
             continue
         try:
-            keys.append(_one_key(item))
+            keys.append(_one_key(item, allow_symmetric))
         except ValueError as exc:
             skipped.append((label, str(exc)))
     if not keys:

@@ -280,7 +280,9 @@ class KeySource:
                 outcome = "not_modified"
             else:
                 assert isinstance(result, Fetched)
-                new = jwks.parse(result.body)
+                new = jwks.parse(
+                    result.body, allow_symmetric=not isinstance(self._fetcher, HttpFetcher)
+                )
                 self._fetcher.accepted(result)
                 self._swap(new)
                 outcome = "success"

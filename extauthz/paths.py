@@ -20,7 +20,9 @@ import re
 
 from .errors import InvalidRequest
 
-_UNRESERVED = re.compile(r"%(4[1-9A-Fa-f]|5[0-9Aa]|6[1-9A-Fa-f]|7[0-9Aa]|3[0-9]|2[DdEe]|5[Ff]|7[Ee])")
+_UNRESERVED = re.compile(
+    r"%(4[1-9A-Fa-f]|5[0-9Aa]|6[1-9A-Fa-f]|7[0-9Aa]|3[0-9]|2[DdEe]|5[Ff]|7[Ee])"
+)
 _AMBIGUOUS = re.compile(r"%(2[Ff]|5[Cc])|\\|[\x00-\x1f\x7f]")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -46,7 +47,7 @@ def test_demo_curl_commands_behave_as_printed(tmp_path: Path) -> None:
         lines = _read_banner(proc, time.monotonic() + 60)
         pairs = [
             (int(m.group(1)), cmd)
-            for comment, cmd in zip(lines, lines[1:], strict=False)
+            for comment, cmd in itertools.pairwise(lines)
             if cmd.startswith("curl") and (m := re.search(r"-> (\d{3})", comment))
         ]
         assert len(pairs) >= 7, lines

@@ -202,8 +202,9 @@ def test_issuer_down_at_startup_answers_503_then_recovers() -> None:
     keys.fail_with = 500
     with (
         keys,
-        ServerThread(server_config(keys.url, refresh_interval="1s", min_refresh_interval="1s"))
-        as server,
+        ServerThread(
+            server_config(keys.url, refresh_interval="1s", min_refresh_interval="1s")
+        ) as server,
         EchoUpstream() as upstream,
         EnvoyProcess(extauthz_port=server.grpc_port, upstream_port=upstream.port) as envoy,
     ):

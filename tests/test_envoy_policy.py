@@ -49,7 +49,11 @@ def policy_config(gw_url: str, idp_url: str) -> dict[str, Any]:
             {"name": "public", "match": {"path_prefix": "/public"}, "allow_anonymous": True},
             {
                 "name": "admin",
-                "match": {"path_prefix": "/admin", "methods": ["POST"], "hosts": ["api.example.com"]},
+                "match": {
+                    "path_prefix": "/admin",
+                    "methods": ["POST"],
+                    "hosts": ["api.example.com"],
+                },
                 "providers": ["internal"],
                 "scopes": ["admin"],
             },

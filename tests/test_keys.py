@@ -50,9 +50,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-def source(
-    name: str, p: Provider, session: aiohttp.ClientSession, clock: Clock
-) -> keys.KeySource:
+def source(name: str, p: Provider, session: aiohttp.ClientSession, clock: Clock) -> keys.KeySource:
     return keys.build(name, p, lambda: session, clock=clock)
 
 

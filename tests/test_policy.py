@@ -45,11 +45,14 @@ CONFIG: dict[str, Any] = {
         {"name": "health", "match": {"path_prefix": "/healthz"}, "allow_anonymous": True},
         {
             "name": "admin",
-            "match": {"path_prefix": "/admin", "methods": ["POST", "DELETE"],
-                      "hosts": ["api.example.com"]},
+            "match": {
+                "path_prefix": "/admin",
+                "methods": ["POST", "DELETE"],
+                "hosts": ["api.example.com"],
+            },
             "providers": ["internal"],
             "scopes": ["admin", "write"],
-        },  # fmt: skip
+        },
         {"name": "tenant", "match": {"path_exact": "/tenant"}, "claims": {"tenant": ["acme", 7]}},
         {"name": "users", "match": {"path_regex": "/users/[0-9]+"}, "providers": ["gateway"]},
         {"name": "default", "match": {"path_prefix": "/"}},

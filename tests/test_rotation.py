@@ -147,19 +147,33 @@ def test_rotation_under_traffic_has_zero_false_denies(rig: Callable[..., Any]) -
 
 
 def test_jwks_outage_within_max_stale_has_zero_false_denies(rig: Callable[..., Any]) -> None:
-    # One rotation period spans the whole outage: the key that becomes current during
-    # it was published (as "next") before it started.
-    dev, keys, server, envoy = rig(rotate_every=SOAK / 4, token_ttl=SOAK / 3, max_stale="10m")
-    outage = threading.Timer(SOAK / 3, lambda: setattr(keys, "fail_with", 503))
-    recover = threading.Timer(SOAK / 3 + SOAK / 5, lambda: setattr(keys, "fail_with", None))
-    outage.start()
-    recover.start()
-    try:
-        tally = traffic(envoy.port, lambda: dev.mint(aud=AUD), SOAK, ttl=SOAK / 3)
-    finally:
-        outage.cancel()
-        recover.cancel()
-    assert _metric(server, 'extauthz_jwks_fetch_total{provider="dev",result="error"') >= 2
+    period = SOAK / 4
+    dev, keys, server, envoy = rig(rotate_every=period, token_ttl=SOAK / 3, max_stale="10m")
+    outages: list[float] = []
+
+    def outage() -> None:
+        # Start right after extauthz fetched a JWKS published after a rotation (so it
+        # holds the pre-published next key), and stay down for less than one rotation
+        # period: every key that signs during the outage was published before it.
+        deadline = time.monotonic() + SOAK
+        while dev.rotations < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling the scenario's own clock, not synchronising a test
+        fetched = keys.fetches
+        while keys.fetches == fetched and time.monotonic() < deadline:
+            time.sleep(0.05)
+        keys.fail_with = 503
+        started = time.monotonic()
+        while time.monotonic() - started < 0.8 * period:
+            time.sleep(0.05)
+        keys.fail_with = None
+        outages.append(time.monotonic() - started)
+
+    chaos = threading.Thread(target=outage)
+    chaos.start()
+    tally = traffic(envoy.port, lambda: dev.mint(aud=AUD), SOAK, ttl=SOAK / 3)
+    chaos.join()
+    assert outages and outages[0] >= 0.8 * period
+    assert _metric(server, 'extauthz_jwks_fetch_total{provider="dev",result="error"') >= 1
     assert tally.total > 100
     assert tally.false_denies == [], f"{len(tally.false_denies)}/{tally.total} false denies"
 

@@ -35,7 +35,7 @@ class JwksServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 with owner._lock:
                     owner.fetches += 1
                     seen = {k.lower(): v for k, v in self.headers.items()}

@@ -75,7 +75,7 @@ def claims(
     return {k: v for k, v in out.items() if v is not None}
 
 
-def b64(data: bytes | dict[str, Any]) -> str:  # noqa: D103
+def b64(data: bytes | dict[str, Any]) -> str:
     import base64
 
     if isinstance(data, dict):
