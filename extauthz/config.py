@@ -325,6 +325,14 @@ class Config(_Model):
             for name in rule.providers or ():
                 if name not in self.providers:
                     problems.append(f"rules.{i}.providers: unknown provider {name!r}")
+        issuers: dict[str, str] = {}
+        for name, p in self.providers.items():
+            if p.issuer in issuers:
+                problems.append(
+                    f"providers.{name}.issuer: same issuer as provider {issuers[p.issuer]!r} "
+                    "(a token's iss must select exactly one provider)"
+                )
+            issuers.setdefault(p.issuer, name)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -357,7 +365,7 @@ def from_mapping(data: object) -> Config:
             loc = _path(err["loc"])
             # Model-level checks that name their own sub-paths.
             for part in msg.split("; "):
-                if re.match(r"^rules\.\d+\.\w+: ", part):
+                if re.match(r"^(rules\.\d+|providers\.[^.]+)\.\w+: ", part):
                     sub, _, text = part.partition(": ")
                     problems.append((sub, text))
                 else:

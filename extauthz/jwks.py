@@ -60,14 +60,13 @@ class KeySet:
     keys: tuple[VerifyKey, ...]
     by_kid: Mapping[str, tuple[VerifyKey, ...]] = field(repr=False)
     skipped: tuple[tuple[str, str], ...] = ()  # (kid or index, reason)
+    # Derived once (the request path reads them): kids and key thumbprints.
+    kids: frozenset[str] = field(init=False, repr=False)
+    thumbprints: frozenset[str] = field(init=False, repr=False)
 
-    @property
-    def kids(self) -> frozenset[str]:
-        return frozenset(k.kid for k in self.keys if k.kid is not None)
-
-    @property
-    def thumbprints(self) -> frozenset[str]:
-        return frozenset(k.thumbprint for k in self.keys)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kids", frozenset(k.kid for k in self.keys if k.kid))
+        object.__setattr__(self, "thumbprints", frozenset(k.thumbprint for k in self.keys))
 
     def candidates(self, kid: str | None, alg: str) -> tuple[VerifyKey, ...]:
         """Keys that may verify a token with this header; kid is only a lookup key."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import errors, paths, tokens, verify
+from .cache import TokenCache, digest
 from .config import Config, Provider, Rule, TokenSource, compile_regex
 from .jwks import KeySet
 
@@ -63,6 +64,14 @@ class NeedKeys(Exception):
     def __init__(self, provider: str, rule: str, kid: str | None, iss: str | None) -> None:
         self.provider, self.rule, self.kid, self.iss = provider, rule, kid, iss
         super().__init__(provider)
+
+
+class UnknownRule(errors.NoRuleMatched):
+    reason = "unknown_rule"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__()
 
 
 _CTRL = re.compile(r"[\x00-\x1f\x7f]")
@@ -129,6 +138,8 @@ def _matcher(rule: Rule) -> Callable[[AuthRequest, str], bool]:
     regex = compile_regex(m.path_regex) if m.path_regex is not None else None
     methods = frozenset(m.methods) if m.methods is not None else None
     hosts = frozenset(m.hosts) if m.hosts is not None else None
+    prefix = m.path_prefix
+    prefix_slash = prefix if prefix is None or prefix.endswith("/") else prefix + "/"
 
     def matches(req: AuthRequest, path: str) -> bool:
         if methods is not None and req.method.upper() not in methods:
@@ -137,8 +148,10 @@ def _matcher(rule: Rule) -> Callable[[AuthRequest, str], bool]:
             return False
         if m.path_exact is not None:
             return path == m.path_exact
-        if m.path_prefix is not None:
-            return path.startswith(m.path_prefix)
+        if prefix is not None and prefix_slash is not None:
+            # Segment-aware: `/admin` matches `/admin` and `/admin/x`, not `/administrator`
+            # (a prefix ending in `/` is a plain prefix).
+            return path == prefix or path.startswith(prefix_slash)
         if regex is not None:
             return regex.fullmatch(path) is not None
         return True
@@ -149,8 +162,9 @@ def _matcher(rule: Rule) -> Callable[[AuthRequest, str], bool]:
 class Policy:
     """Compiled from a frozen Config once; decide() does no I/O and no compilation."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, cache: TokenCache | None = None) -> None:
         self.config = config
+        self.cache = cache
         self.realm = config.server.realm
         providers = {
             name: _Provider(
@@ -187,7 +201,7 @@ class Policy:
         if name is not None:
             chosen = self.by_name.get(name)
             if chosen is None:
-                raise errors.NoRuleMatched(reason="unknown_rule")
+                raise UnknownRule(name)
             return chosen
         path = paths.normalise(req.path)
         for r in self.rules:
@@ -216,6 +230,8 @@ class Policy:
         """Never raises except NeedKeys. ``keys(provider)`` returns its usable KeySet."""
         try:
             rule = self.select(req)
+        except UnknownRule as exc:
+            return self.deny(exc, rule=exc.name)  # the name comes from Envoy's config
         except errors.Denied as exc:
             return self.deny(exc)
         if rule is None:
@@ -233,22 +249,62 @@ class Policy:
             token = tokens.extract(req.headers, req.path, rule.sources)
             if token is None:
                 raise errors.MissingToken()
-            unverified = verify.parse(token.token)
-            kid, iss = unverified.kid, unverified.iss
-            prov = next((p for p in rule.providers if p.config.issuer == iss), None)
-            if prov is None or token.source not in prov.config.token_sources:
-                raise errors.UnknownIssuer()
-            keyset = keys(prov.name)
-            if keyset is None:
-                raise errors.KeysUnavailable()
-            try:
-                verified = verify.verify(unverified, prov.name, prov.config, keyset, now)
-            except errors.UnknownKey:
-                raise NeedKeys(prov.name, name, kid, iss) from None
+            verified = self._cached(token, rule, keys, now)
+            if verified is None:
+                unverified = verify.parse(token.token)
+                kid, iss = unverified.kid, unverified.iss
+                prov = self._provider_for(rule, token, iss)
+                keyset = keys(prov.name)
+                if keyset is None:
+                    raise errors.KeysUnavailable()
+                try:
+                    verified = verify.verify(unverified, prov.name, prov.config, keyset, now)
+                except errors.UnknownKey:
+                    raise NeedKeys(prov.name, name, kid, iss) from None
+                if self.cache is not None:
+                    self.cache.put(digest(token.token), verified)
+            else:
+                prov = self.providers[verified.provider]
+                kid, iss = verified.kid, prov.config.issuer
             self._check_rule(rule.rule, verified.claims)
         except errors.Denied as exc:
             return self.deny(exc, rule=name, provider=prov.name if prov else "", kid=kid, iss=iss)
         return self._allow(rule.rule, prov, token, verified)
+
+    @staticmethod
+    def _provider_for(rule: _Rule, token: tokens.Found, iss: str | None) -> _Provider:
+        """The token's `iss` picks its provider (never "try every key")."""
+        prov = next((p for p in rule.providers if p.config.issuer == iss), None)
+        if prov is None or token.source not in prov.config.token_sources:
+            raise errors.UnknownIssuer()
+        return prov
+
+    def _cached(
+        self,
+        token: tokens.Found,
+        rule: _Rule,
+        keys: Callable[[str], KeySet | None],
+        now: float,
+    ) -> verify.Verified | None:
+        """A cache hit skips the signature only: everything else is checked again."""
+        if self.cache is None:
+            return None
+        hit = self.cache.get(digest(token.token))
+        if hit is None:
+            return None
+        prov = self.providers.get(hit.provider)
+        keyset = keys(hit.provider)
+        if keyset is None or hit.thumbprint not in keyset.thumbprints:
+            self.cache.drop(digest(token.token))  # its key left the JWKS: verify afresh
+            return None
+        if (
+            prov is None
+            or prov not in rule.providers
+            or token.source not in prov.config.token_sources
+        ):
+            raise errors.UnknownIssuer()
+        verify.check_claims(hit.claims, prov.config, now)
+        return hit
 
     def unknown_kid(self, need: NeedKeys) -> Decision:
         """The answer once a refetch could not produce the token's kid."""

@@ -23,7 +23,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from . import __version__, admin, keys, logs, wire
 from ._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from .authorizer import Authorizer
+from .cache import TokenCache
 from .config import TLS, Config, split_address
+from .jwks import KeySet
 from .policy import Policy
 
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
@@ -85,6 +87,7 @@ class Server:
         self._session: aiohttp.ClientSession | None = None
         self.sources: Mapping[str, keys.KeySource] = {}
         self.authorizer: Authorizer | None = None
+        self.cache: TokenCache | None = None
         self._grpc: Any = None
         self._health = health.aio.HealthServicer()
         self._admin: web.AppRunner | None = None
@@ -104,8 +107,13 @@ class Server:
 
     async def start(self) -> None:
         cfg = self.config
-        self.sources = {name: keys.build(name, p, self._http) for name, p in cfg.providers.items()}
-        self.authorizer = Authorizer(Policy(cfg), self.sources)
+        size = cfg.server.token_cache_size
+        self.cache = TokenCache(size) if size > 0 else None
+        self.sources = {
+            name: keys.build(name, p, self._http, on_change=self._keys_changed)
+            for name, p in cfg.providers.items()
+        }
+        self.authorizer = Authorizer(Policy(cfg, self.cache), self.sources)
         self._grpc = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 1 if self._reuse_port else 0),
@@ -152,6 +160,12 @@ class Server:
             else None,
             providers={n: p.key_source for n, p in cfg.providers.items()},
         )
+
+    def _keys_changed(self, provider: str, old: KeySet, new: KeySet) -> None:
+        # Revocation: tokens verified by a key that left the JWKS leave the cache now.
+        if self.cache is not None and old.thumbprints - new.thumbprints:
+            dropped = self.cache.purge(provider, new.thumbprints)
+            _log.info("token_cache_purged", provider=provider, entries=dropped)
 
     @property
     def ready(self) -> bool:

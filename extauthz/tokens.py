@@ -30,13 +30,13 @@ def _from_header(value: str, source: TokenSource) -> str | None:
     return token
 
 
-def cookies(header: str) -> dict[str, str]:
-    """Parse a Cookie header leniently: the first occurrence of a name wins."""
-    out: dict[str, str] = {}
+def cookies(header: str) -> dict[str, list[str]]:
+    """Parse a Cookie header leniently, keeping every value of a repeated name."""
+    out: dict[str, list[str]] = {}
     for part in header.split(";"):
         name, sep, value = part.strip().partition("=")
-        if sep and name and name not in out:
-            out[name] = value.strip().strip('"')
+        if sep and name:
+            out.setdefault(name, []).append(value.strip().strip('"'))
     return out
 
 
@@ -58,7 +58,7 @@ def extract(headers: Mapping[str, str], path: str, sources: Iterable[TokenSource
     Raises InvalidRequest for conflicting tokens, MalformedToken for an empty one.
     """
     found: Found | None = None
-    jar: dict[str, str] | None = None
+    jar: dict[str, list[str]] | None = None
     query: dict[str, list[str]] | None = None
     for source in sources:
         values: list[str] = []
@@ -71,8 +71,7 @@ def extract(headers: Mapping[str, str], path: str, sources: Iterable[TokenSource
         elif source.cookie is not None:
             if jar is None:
                 jar = cookies(headers.get("cookie", ""))
-            if (v := jar.get(source.cookie)) is not None:
-                values.append(v)
+            values.extend(jar.get(source.cookie, ()))
         elif source.query is not None:
             if query is None:
                 query = query_params(path)

@@ -308,3 +308,32 @@ def test_missing_claim_for_header_is_removed_not_set() -> None:
     d = decide("/x", gw(sub=None))
     assert d.allowed and "x-user-id" in d.remove_headers
     assert "x-user-id" not in dict(d.set_headers)
+
+
+@pytest.mark.parametrize(
+    ("path", "rule"),
+    [("/healthz", "health"), ("/healthz/live", "health"), ("/healthzFOO", "default"),
+     ("/healthz-admin", "default")],
+)  # fmt: skip
+def test_path_prefix_is_segment_aware(path: str, rule: str) -> None:
+    assert decide(path).rule == rule
+
+
+def test_unknown_context_rule_names_the_rule_in_the_decision() -> None:
+    d = decide("/x", ext={"extauthz_rule": "typo"})
+    assert (d.allowed, d.reason, d.rule) == (False, "unknown_rule", "typo")
+
+
+def test_two_different_cookie_tokens_are_a_400() -> None:
+    d = decide("/x", headers={"cookie": f"access_token={gw()}; access_token={gw(sub='b')}"})
+    assert (d.http_status, d.oauth_error) == (400, "invalid_request")
+
+
+def test_duplicate_issuers_are_a_config_error() -> None:
+    from extauthz.errors import ConfigError
+
+    cfg = {"providers": {"a": {**CONFIG["providers"]["gateway"]},
+                         "b": {**CONFIG["providers"]["gateway"]}}}  # fmt: skip
+    with pytest.raises(ConfigError) as exc:
+        config.from_mapping(cfg)
+    assert [p for p, _ in exc.value.problems] == ["providers.b.issuer"]

@@ -251,3 +251,24 @@ def test_sigterm_drains_and_exits_zero(tmp_path: Path, keys: JwksServer) -> None
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_removed_key_denies_even_a_token_accepted_before(keys: JwksServer) -> None:
+    other = Signer("RS256")
+    keys.set(jwks(SIGNER, other))
+    with ServerThread(config(keys.url, refresh_interval="1s", min_refresh_interval="1s")) as s:
+        s.wait_ready()
+        client = Client(s.grpc_port)
+        token = {"authorization": "Bearer " + SIGNER.sign(claims(ISS, AUD))}
+        assert client.check(token).status.code == 0  # verified, now in the token cache
+        assert client.check(token).status.code == 0
+        keys.set(jwks(other))  # the issuer revokes SIGNER's key
+
+        def gone() -> bool:
+            ks = s.server.sources["main"].keys
+            return ks is not None and SIGNER.kid not in ks.kids
+
+        wait_for(gone, 10, "the refresh that drops the key")
+        resp = client.check(token)
+        assert resp.status.code == 16
+        assert resp.denied_response.status.code == 401

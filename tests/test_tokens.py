@@ -153,8 +153,8 @@ def test_same_token_twice_is_fine(headers: dict[str, str], path: str) -> None:
     )
 
 
-def test_cookie_parser_first_occurrence_wins_and_strips_quotes() -> None:
-    assert cookies('a=1; b="two"; a=3; junk; =x') == {"a": "1", "b": "two"}
+def test_cookie_parser_keeps_every_occurrence_and_strips_quotes() -> None:
+    assert cookies('a=1; b="two"; a=3; junk; =x') == {"a": ["1", "3"], "b": ["two"]}
 
 
 def test_query_params_from_path() -> None:
