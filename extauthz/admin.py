@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -11,33 +12,39 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from . import metrics
 from .keys import KeySource
 
+Status = Callable[[], dict[str, Any]]
 
-def app(
-    sources: Callable[[], Mapping[str, KeySource]], draining: Callable[[], bool]
-) -> web.Application:
+
+def key_status(sources: Mapping[str, KeySource], draining: bool) -> dict[str, Any]:
+    """Readiness as /readyz reports it: every provider has a usable key set."""
+    providers = {}
+    for name, src in sources.items():
+        keys = src.keys
+        providers[name] = {
+            "state": src.state().value,
+            "keys": len(keys.keys) if keys else 0,
+            "kids": sorted(keys.kids) if keys else [],
+            "last_error": src.last_error,
+        }
+    ready = not draining and all(src.usable() is not None for src in sources.values())
+    return {"ready": ready, "draining": draining, "providers": providers}
+
+
+def app(status: Status) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
-        providers = {}
-        for name, src in sources().items():
-            keys = src.keys
-            providers[name] = {
-                "state": src.state().value,
-                "keys": len(keys.keys) if keys else 0,
-                "kids": sorted(keys.kids) if keys else [],
-                "last_error": src.last_error,
-            }
-        ready = not draining() and all(src.usable() is not None for src in sources().values())
+        body = status()
         return web.Response(
-            status=200 if ready else 503,
-            text=json.dumps({"ready": ready, "draining": draining(), "providers": providers}),
+            status=200 if body["ready"] else 503,
+            text=json.dumps(body),
             content_type="application/json",
         )
 
     async def metrics_(_: web.Request) -> web.Response:
         return web.Response(
-            body=generate_latest(metrics.REGISTRY),
+            body=generate_latest(metrics.exposition_registry()),
             headers={"content-type": CONTENT_TYPE_LATEST},
         )
 
@@ -46,3 +53,14 @@ def app(
     application.router.add_get("/readyz", readyz)
     application.router.add_get("/metrics", metrics_)
     return application
+
+
+async def start(
+    address: tuple[str, int], status: Status, *, reuse_port: bool = False
+) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app(status), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, address[0], address[1], reuse_port=reuse_port or None)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, int(port)

@@ -45,6 +45,12 @@ def _duration(text: str) -> float:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    from . import workers
+
+    if workers.count(cfg) > 1:
+        return workers.supervise(
+            cfg, _config_path(args), log_level=args.log_level, log_format=args.log_format
+        )
     from .server import serve
 
     return asyncio.run(serve(cfg))

@@ -32,6 +32,7 @@ __all__ = [
     "ACCESS_LOG_FORMAT",
     "EXTAUTHZ_CLUSTER",
     "EXT_AUTHZ_FILTER",
+    "JWT_AUTHN_FILTER",
     "LISTENER_NAME",
     "UPSTREAM_CLUSTER",
     "bootstrap",
@@ -54,6 +55,8 @@ _HCM_TYPE = (
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 )
 _ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_JWT_AUTHN_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
+JWT_AUTHN_FILTER = "envoy.filters.http.jwt_authn"
 _HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 _STDOUT_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
@@ -134,8 +137,15 @@ def _prefix_match(prefix: str) -> dict[str, Any]:
     return {"path_separated_prefix": prefix}
 
 
-def _upstream_route(match: dict[str, Any], per_route: dict[str, Any] | None) -> dict[str, Any]:
-    route: dict[str, Any] = {"match": match, "route": {"cluster": UPSTREAM_CLUSTER}}
+def _upstream_route(
+    match: dict[str, Any], per_route: dict[str, Any] | None, direct_response: bool = False
+) -> dict[str, Any]:
+    route: dict[str, Any] = {"match": match}
+    if direct_response:
+        # Envoy answers itself (after the HTTP filters ran): a zero-cost upstream.
+        route["direct_response"] = {"status": 200, "body": {"inline_string": "ok\n"}}
+    else:
+        route["route"] = {"cluster": UPSTREAM_CLUSTER}
     if per_route is not None:
         route["typed_per_filter_config"] = {
             EXT_AUTHZ_FILTER: {"@type": _EXT_AUTHZ_PER_ROUTE_TYPE, **per_route}
@@ -146,6 +156,7 @@ def _upstream_route(match: dict[str, Any], per_route: dict[str, Any] | None) -> 
 def _routes(
     unprotected_prefixes: Sequence[str],
     context_extensions: Sequence[tuple[str, Mapping[str, str]]],
+    direct_response: bool = False,
 ) -> list[dict[str, Any]]:
     seen: set[str] = set()
     routes: list[dict[str, Any]] = []
@@ -156,14 +167,18 @@ def _routes(
         if prefix in seen:
             raise ValueError(f"duplicate route prefix: {prefix!r}")
         seen.add(prefix)
-        routes.append(_upstream_route(_prefix_match(prefix), {"disabled": True}))
+        routes.append(_upstream_route(_prefix_match(prefix), {"disabled": True}, direct_response))
     for prefix, extensions in context_extensions:
         if prefix in seen:
             raise ValueError(f"duplicate route prefix: {prefix!r}")
         seen.add(prefix)
         check_settings = {"context_extensions": {str(k): str(v) for k, v in extensions.items()}}
-        routes.append(_upstream_route(_prefix_match(prefix), {"check_settings": check_settings}))
-    routes.append(_upstream_route({"prefix": "/"}, None))
+        routes.append(
+            _upstream_route(
+                _prefix_match(prefix), {"check_settings": check_settings}, direct_response
+            )
+        )
+    routes.append(_upstream_route({"prefix": "/"}, None, direct_response))
     return routes
 
 
@@ -190,14 +205,30 @@ def _ext_authz_filter(timeout: str, encode_raw_headers: bool) -> dict[str, Any]:
     return {"name": EXT_AUTHZ_FILTER, "typed_config": config}
 
 
+def _jwt_authn_filter(jwt_authn: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "name": JWT_AUTHN_FILTER,
+        "typed_config": {"@type": _JWT_AUTHN_TYPE, **dict(jwt_authn)},
+    }
+
+
 def _http_connection_manager(
     *,
     routes: list[dict[str, Any]],
     timeout: str,
     access_log_path: str | None,
     encode_raw_headers: bool,
+    ext_authz: bool = True,
+    jwt_authn: Mapping[str, Any] | None = None,
+    access_log: bool = True,
 ) -> dict[str, Any]:
-    return {
+    filters: list[dict[str, Any]] = []
+    if jwt_authn is not None:
+        filters.append(_jwt_authn_filter(jwt_authn))
+    if ext_authz:
+        filters.append(_ext_authz_filter(timeout, encode_raw_headers))
+    filters.append({"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_TYPE}})
+    hcm: dict[str, Any] = {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
             "@type": _HCM_TYPE,
@@ -222,12 +253,12 @@ def _http_connection_manager(
                 "name": "local_route",
                 "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
             },
-            "http_filters": [
-                _ext_authz_filter(timeout, encode_raw_headers),
-                {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_TYPE}},
-            ],
+            "http_filters": filters,
         },
     }
+    if not access_log:
+        del hcm["typed_config"]["access_log"]
+    return hcm
 
 
 def bootstrap(
@@ -242,6 +273,10 @@ def bootstrap(
     context_extensions: Sequence[tuple[str, Mapping[str, str]]] = (),
     access_log_path: str | None = None,
     encode_raw_headers: bool = False,
+    ext_authz: bool = True,
+    jwt_authn: Mapping[str, Any] | None = None,
+    direct_response: bool = False,
+    access_log: bool = True,
 ) -> dict[str, Any]:
     """Return an Envoy v3 bootstrap as a dict.
 
@@ -252,6 +287,13 @@ def bootstrap(
     ``context_extensions``: ``(prefix, {key: value})`` pairs sent as
     ``CheckRequest.attributes.context_extensions`` for that route.
     ``access_log_path``: JSON access-log file; ``None`` logs to stdout.
+
+    Benchmark knobs (defaults keep the output above unchanged):
+    ``ext_authz=False`` leaves the ext_authz filter out (Envoy alone);
+    ``jwt_authn``: the body of an ``envoy.filters.http.jwt_authn`` ``JwtAuthentication``
+    config (``providers``, ``rules``, ...; ``@type`` is added), inserted first;
+    ``direct_response=True``: every route answers 200 from Envoy itself instead of
+    proxying to the upstream cluster; ``access_log=False``: no access log.
     """
     if isinstance(unprotected_prefixes, str):
         raise TypeError("unprotected_prefixes must be a sequence of strings, not a string")
@@ -266,7 +308,7 @@ def bootstrap(
     if extauthz_port == 0 or upstream_port == 0:
         raise ValueError("extauthz_port and upstream_port must be real ports, not 0")
 
-    routes = _routes(unprotected_prefixes, context_extensions)
+    routes = _routes(unprotected_prefixes, context_extensions, direct_response)
     return {
         "admin": {"address": _socket_address("127.0.0.1", admin_port)},
         "static_resources": {
@@ -282,6 +324,9 @@ def bootstrap(
                                     timeout=timeout,
                                     access_log_path=access_log_path,
                                     encode_raw_headers=encode_raw_headers,
+                                    ext_authz=ext_authz,
+                                    jwt_authn=jwt_authn,
+                                    access_log=access_log,
                                 )
                             ]
                         }

@@ -241,7 +241,6 @@ class KeySource:
         self.last_error: str | None = None
         self._ready = asyncio.Event()
         metrics.JWKS_KEYS.labels(name).set(0)
-        metrics.JWKS_AGE.labels(name).set_function(self._age)
 
     # -- read side (request path; no I/O) ---------------------------------------------
     def state(self, now: float | None = None) -> KeyState:
@@ -265,10 +264,10 @@ class KeySource:
     def keys(self) -> jwks.KeySet | None:
         return self._keys
 
-    def _age(self) -> float:
-        if self._confirmed_at is None:
-            return float("nan")
-        return self._clock() - self._confirmed_at
+    def publish_age(self) -> None:
+        """Update the age gauge (called periodically: set_function does not cross processes)."""
+        if self._confirmed_at is not None:
+            metrics.JWKS_AGE.labels(self.name).set(self._clock() - self._confirmed_at)
 
     # -- fetching ---------------------------------------------------------------------
     async def refresh(self, trigger: str, *, no_cache: bool = False) -> bool:

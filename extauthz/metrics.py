@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+#: Set by the worker supervisor before workers start (prometheus multiprocess mode).
+MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 
 CHECKS = Counter(
     "extauthz_check",
@@ -27,17 +31,21 @@ JWKS_FETCHES = Counter(
     ["provider", "result", "trigger"],
     registry=REGISTRY,
 )
+# With several workers (prometheus multiprocess mode) gauges aggregate over live
+# workers: the fewest keys and the oldest key set are what an alert should see.
 JWKS_KEYS = Gauge(
     "extauthz_jwks_keys",
     "Usable keys in the current key set.",
     ["provider"],
     registry=REGISTRY,
+    multiprocess_mode="livemin",
 )
 JWKS_AGE = Gauge(
     "extauthz_jwks_age_seconds",
     "Seconds since the key set was last confirmed by a successful fetch.",
     ["provider"],
     registry=REGISTRY,
+    multiprocess_mode="livemax",
 )
 UNKNOWN_KID = Counter(
     "extauthz_unknown_kid",
@@ -56,3 +64,12 @@ TOKEN_CACHE = Counter(
 @lru_cache(maxsize=4096)
 def check_counter(decision: str, reason: str, provider: str, rule: str) -> Counter:
     return CHECKS.labels(decision, reason, provider, rule)
+
+
+def exposition_registry() -> CollectorRegistry:
+    """What /metrics serves: this process, or the aggregate of every worker."""
+    if MULTIPROC_DIR:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=MULTIPROC_DIR)  # type: ignore[no-untyped-call]
+        return registry
+    return REGISTRY

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 from collections.abc import Mapping
@@ -17,7 +18,6 @@ from typing import Any
 
 import aiohttp
 import grpc
-from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from . import __version__, admin, keys, logs, wire
@@ -81,16 +81,21 @@ class _CertFiles:
 class Server:
     """One serving process. ``start`` binds everything; ``stop`` drains."""
 
-    def __init__(self, config: Config, *, reuse_port: bool = False) -> None:
+    def __init__(
+        self, config: Config, *, reuse_port: bool = False, status_file: Path | None = None
+    ) -> None:
         self.config = config
         self._reuse_port = reuse_port
+        self.status_file = status_file  # a worker reports readiness to its supervisor here
+        self._last_status = ""
+        self.announce = True  # workers log "worker_serving"; the supervisor logs "started"
         self._session: aiohttp.ClientSession | None = None
         self.sources: Mapping[str, keys.KeySource] = {}
         self.authorizer: Authorizer | None = None
         self.cache: TokenCache | None = None
         self._grpc: Any = None
         self._health = health.aio.HealthServicer()
-        self._admin: web.AppRunner | None = None
+        self._admin: Any = None
         self._watch: asyncio.Task[None] | None = None
         self.draining = False
         self.grpc_port = 0
@@ -139,17 +144,13 @@ class Server:
         for src in self.sources.values():
             src.start()
         if cfg.server.admin_listen is not None:
-            ahost, aport = split_address(cfg.server.admin_listen)
-            self._admin = web.AppRunner(
-                admin.app(lambda: self.sources, lambda: self.draining), access_log=None
+            self._admin, self.admin_port = await admin.start(
+                split_address(cfg.server.admin_listen), self.status
             )
-            await self._admin.setup()
-            site = web.TCPSite(self._admin, ahost, aport, reuse_port=self._reuse_port or None)
-            await site.start()
-            self.admin_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._watch = asyncio.get_running_loop().create_task(self._follow_readiness())
         _log.info(
-            "started",
+            "started" if self.announce else "worker_serving",
+            pid=os.getpid(),
             version=__version__,
             grpc=f"{host}:{self.grpc_port}",
             tls="mtls"
@@ -166,6 +167,18 @@ class Server:
         if self.cache is not None and old.thumbprints - new.thumbprints:
             dropped = self.cache.purge(provider, new.thumbprints)
             _log.info("token_cache_purged", provider=provider, entries=dropped)
+
+    def status(self) -> dict[str, Any]:
+        return admin.key_status(self.sources, self.draining)
+
+    def _write_status(self) -> None:
+        assert self.status_file is not None
+        text = json.dumps(self.status())
+        if text != self._last_status:
+            tmp = self.status_file.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(self.status_file)  # atomic: the supervisor never reads half a file
+            self._last_status = text
 
     @property
     def ready(self) -> bool:
@@ -189,11 +202,17 @@ class Server:
         # on a short period rather than only on fetch events.
         while True:
             await self._set_serving(self.ready)
+            for src in self.sources.values():
+                src.publish_age()
+            if self.status_file is not None:
+                self._write_status()
             await asyncio.sleep(0.2)
 
     async def stop(self, grace: float = 5.0) -> None:
         self.draining = True
         await self._set_serving(False)
+        if self.status_file is not None:
+            self._write_status()
         if self._grpc is not None:
             await self._grpc.stop(grace)
         if self._watch is not None:
@@ -209,9 +228,17 @@ class Server:
         _log.info("stopped")
 
 
-async def serve(config: Config, *, grace: float = 5.0) -> int:
+async def serve(
+    config: Config,
+    *,
+    grace: float = 5.0,
+    reuse_port: bool = False,
+    status_file: Path | None = None,
+    announce: bool = True,
+) -> int:
     """Run until SIGTERM/SIGINT, then drain. Returns the exit code."""
-    server = Server(config)
+    server = Server(config, reuse_port=reuse_port, status_file=status_file)
+    server.announce = announce
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

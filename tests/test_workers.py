@@ -1,0 +1,98 @@
+"""`server.workers: 2`: processes share the port, metrics aggregate, crashes are healed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+
+from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
+from extauthz.envoy_process import http_request
+from tests.support.server import wait_for
+from tests.support.signing import Signer, claims, jwks
+from tests.test_server import check_request
+
+ISS = "https://issuer.example"
+SIGNER = Signer("EdDSA")
+
+
+def _started(log: Path) -> dict[str, Any] | None:
+    for line in log.read_text().splitlines():
+        if line.startswith("{") and json.loads(line).get("event") == "started":
+            return dict(json.loads(line))
+    return None
+
+
+def test_two_workers_share_the_port_aggregate_metrics_and_restart(tmp_path: Path) -> None:
+    cfg = {
+        "server": {"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0", "workers": 2},
+        "providers": {"p": {"issuer": ISS, "audiences": ["api"], "jwks": jwks(SIGNER)}},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    log = tmp_path / "log.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "extauthz", "serve", "--config", str(path)],
+        stderr=log.open("w"),
+        env={**os.environ, "EXTAUTHZ_LOG_FORMAT": "json"},
+    )
+    try:
+        wait_for(lambda: _started(log) is not None, 30, "supervisor start")
+        info = _started(log)
+        assert info is not None and info["workers"] == 2
+        grpc_port = int(info["grpc"].rpartition(":")[2])
+        admin_port = int(info["admin"].rpartition(":")[2])
+
+        def readyz() -> Any:
+            return http_request("127.0.0.1", admin_port, "GET", "/readyz")
+
+        wait_for(lambda: readyz().status == 200, 30, "both workers ready")
+        pids = {w["pid"] for w in readyz().json()["workers"]}
+        assert len(pids) == 2
+
+        token = SIGNER.sign(claims(ISS, "api"))
+        request = check_request({"authorization": f"Bearer {token}"})
+        total = 0
+        for _ in range(8):  # separate connections: SO_REUSEPORT spreads them over workers
+            with grpc.insecure_channel(
+                f"127.0.0.1:{grpc_port}", options=[("grpc.use_local_subchannel_pool", 1)]
+            ) as channel:
+                stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+                for _ in range(5):
+                    assert stub.Check(request, timeout=5).status.code == 0
+                    total += 1
+        metrics = http_request("127.0.0.1", admin_port, "GET", "/metrics").text
+        allowed = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith('extauthz_check_total{decision="allow"')
+        )
+        assert allowed == total, "metrics must aggregate every worker's checks"
+
+        victim = next(iter(pids))
+        os.kill(victim, signal.SIGKILL)
+        wait_for(
+            lambda: readyz().status == 200
+            and victim not in {w["pid"] for w in readyz().json()["workers"]},
+            30,
+            "the crashed worker to be replaced",
+        )
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            assert stub.Check(request, timeout=5).status.code == 0
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        events = [json.loads(x)["event"] for x in log.read_text().splitlines() if x[:1] == "{"]
+        assert "worker_died" in events and events[-1] == "stopped"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
