@@ -52,6 +52,8 @@ class Decision:
     set_headers: tuple[tuple[str, str], ...] = ()
     remove_headers: tuple[str, ...] = ()
     metadata: Mapping[str, Any] | None = field(default=None, repr=False)
+    # The wire adapter's encoding of this decision, by realm (reused on cache hits).
+    encoded: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
     # For logs only (never a token or the claim set):
     kid: str | None = None
     iss: str | None = None
@@ -266,10 +268,19 @@ class Policy:
             else:
                 prov = self.providers[verified.provider]
                 kid, iss = verified.kid, prov.config.issuer
+            # Same verified claims, same rule, same source: the same answer (claims and
+            # config are immutable), so a cache hit reuses it and its encoded bytes.
+            memo_key = (name, token.source)
+            known = verified.memo.get(memo_key)
+            if known is not None:
+                return known  # type: ignore[no-any-return]
             self._check_rule(rule.rule, verified.claims)
         except errors.Denied as exc:
             return self.deny(exc, rule=name, provider=prov.name if prov else "", kid=kid, iss=iss)
-        return self._allow(rule.rule, prov, token, verified)
+        decision = self._allow(rule.rule, prov, token, verified)
+        if self.cache is not None:
+            verified.memo[memo_key] = decision
+        return decision
 
     @staticmethod
     def _provider_for(rule: _Rule, token: tokens.Found, iss: str | None) -> _Provider:
@@ -303,7 +314,7 @@ class Policy:
             or token.source not in prov.config.token_sources
         ):
             raise errors.UnknownIssuer()
-        verify.check_claims(hit.claims, prov.config, now)
+        hit.check_window(now)
         return hit
 
     def unknown_kid(self, need: NeedKeys) -> Decision:

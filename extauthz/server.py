@@ -21,7 +21,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from . import __version__, admin, keys, logs, wire
-from ._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from .authorizer import Authorizer
 from .cache import TokenCache
 from .config import TLS, Config, split_address
@@ -32,15 +31,30 @@ SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 _log = logs.get("extauthz.server")
 
 
-class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+class AuthorizationServicer:
+    """``envoy.service.auth.v3.Authorization/Check``. Returns serialized bytes: deny
+    answers and cached allows are encoded once, so nothing is re-serialized per call."""
+
     def __init__(self, authorizer: Authorizer) -> None:
         self.authorizer = authorizer
 
-    async def Check(self, request: Any, context: Any) -> Any:
+    async def Check(self, request: Any, context: Any) -> bytes:
         authorizer = self.authorizer  # read once: a reload may swap it mid-call
         req = wire.to_auth_request(request)
         decision = await authorizer.check(req, context.time_remaining())
-        return wire.to_check_response(decision, authorizer.policy.realm)
+        return wire.encode(decision, authorizer.policy.realm)
+
+    def handler(self) -> Any:
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Check": grpc.unary_unary_rpc_method_handler(
+                    self.Check,
+                    request_deserializer=wire.CheckRequest.FromString,
+                    response_serializer=bytes,  # already serialized
+                )
+            },
+        )
 
 
 class _CertFiles:
@@ -127,9 +141,7 @@ class Server:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
             ]
         )
-        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-            AuthorizationServicer(self.authorizer), self._grpc
-        )
+        self._grpc.add_generic_rpc_handlers((AuthorizationServicer(self.authorizer).handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         await self._set_serving(False)
         host, port = split_address(cfg.server.listen)

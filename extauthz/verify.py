@@ -83,10 +83,22 @@ class Verified:
     claims: Mapping[str, Any] = field(repr=False)
     kid: str | None
     thumbprint: str  # of the key that verified it: revocation drops cache entries by it
+    # The validity window with clock skew applied, so a cache hit re-checks time cheaply.
+    not_after: float = math.inf
+    not_before: float = -math.inf
+    # Per-rule answers computed from these (immutable) claims; owned by the policy.
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def exp(self) -> float:
         return float(self.claims["exp"])
+
+    def check_window(self, now: float) -> None:
+        """Time claims against `now` (iss, aud and required claims cannot change)."""
+        if now >= self.not_after:
+            raise errors.Expired()
+        if now < self.not_before:
+            raise errors.NotYetValid()
 
 
 def parse(token: str) -> Unverified:
@@ -206,7 +218,17 @@ def verify(token: Unverified, name: str, provider: Provider, keys: KeySet, now: 
         except (JoseError, ValueError, TypeError):
             ok = False
         if ok:
+            claims = token.claims
+            skew = provider.clock_skew
+            starts = [
+                v for v in (_numeric(claims, "nbf"), _numeric(claims, "iat")) if v is not None
+            ]
             return Verified(
-                provider=name, claims=token.claims, kid=key.kid, thumbprint=key.thumbprint
+                provider=name,
+                claims=claims,
+                kid=key.kid,
+                thumbprint=key.thumbprint,
+                not_after=float(claims["exp"]) + skew,
+                not_before=max(starts) - skew if starts else -math.inf,
             )
     raise errors.BadSignature()

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from functools import lru_cache
-from types import MappingProxyType
 from typing import Any
 
 from google.protobuf import struct_pb2
 
+from . import errors
 from ._proto.envoy.config.core.v3 import base_pb2
 from ._proto.envoy.service.auth.v3 import external_auth_pb2 as pb
 from ._proto.envoy.type.v3 import http_status_pb2
@@ -26,10 +26,11 @@ CheckRequest = pb.CheckRequest
 CheckResponse = pb.CheckResponse
 
 
-def _headers(http: Any) -> dict[str, str]:
+def _headers(http: Any) -> Mapping[str, str]:
     if http.headers:
-        # Envoy already lower-cases keys; do it again for non-Envoy clients.
-        return {k.lower(): v for k, v in http.headers.items()}
+        # Envoy sends lower-case names (HTTP/2 requires them): read its map in place
+        # rather than copying every header on every request.
+        return http.headers  # type: ignore[no-any-return]
     out: dict[str, str] = {}
     for h in http.header_map.headers:
         key = h.key.lower()
@@ -53,7 +54,7 @@ def to_auth_request(request: Any) -> AuthRequest:
         host=http.host or headers.get(":authority", headers.get("host", "")),
         path=path,
         headers=headers,
-        context_extensions=MappingProxyType(dict(attrs.context_extensions)),
+        context_extensions=attrs.context_extensions,
     )
 
 
@@ -117,19 +118,22 @@ def _struct(data: Mapping[str, Any]) -> Any:
     return s
 
 
-def to_check_response(decision: Decision, realm: str) -> Any:
+def encode(decision: Decision, realm: str) -> bytes:
+    """The serialized CheckResponse for a decision (what the servicer sends)."""
+    cached = decision.encoded.get(realm)
+    if cached is not None:
+        return cached
     if not decision.allowed:
-        assert decision.grpc_code != 0, "a deny must never carry status 0 (Envoy would allow)"
-        return CheckResponse.FromString(
-            _denied(
-                realm,
-                decision.grpc_code,
-                decision.http_status,
-                decision.oauth_error,
-                decision.description,
-                decision.scope,
-                decision.reason,
-            )
+        # A deny must never carry status 0: Envoy would allow the request.
+        code = decision.grpc_code or errors.UNAVAILABLE
+        return _denied(
+            realm,
+            code,
+            decision.http_status,
+            decision.oauth_error,
+            decision.description,
+            decision.scope,
+            decision.reason,
         )
     response = CheckResponse(
         status=status_pb2.Status(code=0),
@@ -140,4 +144,10 @@ def to_check_response(decision: Decision, realm: str) -> Any:
     )
     if decision.metadata is not None:
         response.dynamic_metadata.CopyFrom(_struct(decision.metadata))
-    return response
+    data = bytes(response.SerializeToString())
+    decision.encoded[realm] = data
+    return data
+
+
+def to_check_response(decision: Decision, realm: str) -> Any:
+    return CheckResponse.FromString(encode(decision, realm))

@@ -1,0 +1,342 @@
+"""What is measured: each contender starts its processes, proves it answers correctly,
+then is timed once per call of :func:`run_once`.
+
+Core split (2 cores): the system under test (the gRPC server, or Envoy plus extauthz)
+on core 0, the load generator and this orchestrator on core 1. Two-worker runs cannot
+be separated: the workers and h2load share both cores; their CPU is reported per worker.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shlex
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from extauthz.envoy_process import EnvoyProcess, EnvoyStartError
+
+from . import drivers
+from .common import (
+    AUDIENCE,
+    ISSUER,
+    NPROC,
+    PROVIDER,
+    BenchError,
+    Keys,
+    NotAvailable,
+    check_request,
+    cpu_delta,
+    cpu_snapshot,
+    free_port,
+    grpc_body,
+    grpc_check,
+    listening_pids,
+    pin,
+    python,
+    stop,
+    taskset,
+    wait_grpc_serving,
+)
+
+SUT_CORES = "0" if NPROC >= 2 else None
+LOAD_CORES = "1" if NPROC >= 2 else None
+ALL_CORES = f"0-{NPROC - 1}" if NPROC >= 2 else None
+STARTUP_TIMEOUT = 30.0
+GRPC_OK, GRPC_UNAUTHENTICATED = 0, 16
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    group: str  # "grpc" | "envoy" | "latency"
+    what: str
+    alg: str = "RS256"
+    server: str | None = "extauthz"  # "extauthz" | "floor" | None
+    cache: bool = True
+    workers: int = 1
+    envoy: str | None = None  # "alone" | "jwt_authn" | "jwt_authn_cache" | "extauthz"
+    baseline: str | None = None  # ratio denominator
+    target: float | None = None  # minimum ratio to baseline
+
+
+CONTENDERS: tuple[Contender, ...] = (
+    Contender("floor", "grpc", "do-nothing grpc.aio servicer, prebuilt OK", server="floor"),
+    Contender("cache_hit", "grpc", "extauthz, RS256, token cache hit", baseline="floor",
+              target=0.9),
+    Contender("rs256", "grpc", "extauthz, RS256 verified every request", cache=False,
+              baseline="floor", target=0.65),
+    Contender("es256", "grpc", "extauthz, ES256 verified every request", alg="ES256",
+              cache=False, baseline="floor", target=0.55),
+    Contender("eddsa", "grpc", "extauthz, EdDSA verified every request", alg="EdDSA",
+              cache=False, baseline="floor", target=0.5),
+    Contender("cache_hit_2w", "grpc", "extauthz, 2 workers, RS256 cache hit", workers=2,
+              baseline="floor"),
+    Contender("rs256_2w", "grpc", "extauthz, 2 workers, RS256 every request", workers=2,
+              cache=False, baseline="floor"),
+    Contender("envoy_alone", "envoy", "Envoy, no auth filter, direct_response 200",
+              server=None, envoy="alone"),
+    Contender("envoy_jwt_authn", "envoy", "Envoy jwt_authn (local_jwks), RS256, no cache",
+              server=None, envoy="jwt_authn", baseline="envoy_alone"),
+    Contender("envoy_jwt_authn_cache", "envoy", "Envoy jwt_authn, jwt_cache_size 100",
+              server=None, envoy="jwt_authn_cache", baseline="envoy_alone"),
+    Contender("envoy_extauthz", "envoy", "Envoy ext_authz -> extauthz, RS256, cache off",
+              cache=False, envoy="extauthz", baseline="envoy_alone"),
+    Contender("envoy_extauthz_cache", "envoy", "Envoy ext_authz -> extauthz, cache hit",
+              envoy="extauthz", baseline="envoy_alone"),
+    Contender("latency_envoy_alone", "latency", "Envoy alone, paced", server=None,
+              envoy="alone"),
+    Contender("latency_envoy_extauthz_cache", "latency", "Envoy + extauthz, cache hit, paced",
+              envoy="extauthz", baseline="latency_envoy_alone"),
+    Contender("latency_envoy_extauthz", "latency", "Envoy + extauthz, cache off, paced",
+              cache=False, envoy="extauthz", baseline="latency_envoy_alone"),
+)  # fmt: skip
+BY_NAME = {c.name: c for c in CONTENDERS}
+
+
+@dataclass
+class RunResult:
+    rps: float
+    requests: int
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)  # process label -> CPU seconds
+    wall: float = 0.0
+    commands: list[str] = field(default_factory=list)
+
+    def cpu_us_per_request(self, label_prefix: str = "") -> float | None:
+        total = sum(v for k, v in self.cpu.items() if k.startswith(label_prefix))
+        return total / self.requests * 1e6 if self.requests else None
+
+
+# ----------------------------------------------------------------- process management
+
+
+@dataclass
+class Started:
+    proc: subprocess.Popen[bytes]
+    port: int
+    command: str
+    workers: list[int] = field(default_factory=list)
+
+
+def extauthz_config(c: Contender, keys: Keys, port: int, admin_port: int) -> dict[str, Any]:
+    server: dict[str, Any] = {
+        "listen": f"127.0.0.1:{port}",
+        "admin_listen": f"127.0.0.1:{admin_port}",
+    }
+    if not c.cache:
+        server["token_cache_size"] = 0
+    if c.workers != 1:
+        server["workers"] = c.workers
+    return {
+        "server": server,
+        "providers": {
+            PROVIDER: {
+                "issuer": ISSUER,
+                "audiences": [AUDIENCE],
+                "jwks": keys.jwks(),
+                "algorithms": ["RS256", "ES256", "EdDSA"],
+            }
+        },
+    }
+
+
+def start_server(c: Contender, keys: Keys, workdir: Path, tag: str) -> Started:
+    port = free_port()
+    log = workdir / f"{tag}.server.log"
+    cores = ALL_CORES if c.workers > 1 else SUT_CORES
+    if c.server == "floor":
+        cmd = [*taskset(cores), python(), "-m", "bench.floor", "--listen", f"127.0.0.1:{port}"]
+    else:
+        cfg_path = workdir / f"{tag}.extauthz.yaml"
+        cfg_path.write_text(
+            yaml.safe_dump(extauthz_config(c, keys, port, free_port()), sort_keys=False),
+            encoding="utf-8",
+        )
+        cmd = [*taskset(cores), python(), "-m", "extauthz", "serve", "--config", str(cfg_path)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent.parent,
+        )  # fmt: skip
+    started = Started(proc, port, shlex.join(cmd))
+    try:
+        try:
+            wait_grpc_serving(port, proc, time.monotonic() + STARTUP_TIMEOUT, log)
+        except BenchError as exc:
+            if c.workers > 1:
+                raise NotAvailable(f"workers not available: {exc}") from None
+            raise
+        if c.workers > 1:
+            deadline = time.monotonic() + 10
+            while len(started.workers) < c.workers:
+                started.workers = listening_pids(proc.pid, port)
+                if time.monotonic() > deadline:
+                    raise NotAvailable(
+                        f"workers not available: {len(started.workers)} process(es) listen on "
+                        f"port {port}, expected {c.workers}"
+                    )
+                time.sleep(0.1)
+    except BaseException:
+        stop(proc)
+        raise
+    return started
+
+
+def verify_grpc(c: Contender, port: int, keys: Keys) -> None:
+    """The sample request must get the expected decision before anything is timed."""
+    token = keys.sample(c.alg)
+    for attempt in range(2 if c.workers > 1 else 1):  # a second connection may hit another worker
+        code = grpc_check(port, token)
+        if code != GRPC_OK:
+            raise BenchError(f"valid {c.alg} token answered gRPC code {code}, expected OK (0)")
+        del attempt
+    if c.server == "extauthz":
+        bad = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+        code = grpc_check(port, bad)
+        if code != GRPC_UNAUTHENTICATED:
+            raise BenchError(f"tampered token answered gRPC code {code}, expected 16")
+
+
+def jwt_authn_config(keys: Keys, cache: bool) -> dict[str, Any]:
+    provider: dict[str, Any] = {
+        "issuer": ISSUER,
+        "audiences": [AUDIENCE],
+        "local_jwks": {"inline_string": json.dumps(keys.jwks(["RS256"]))},
+        "forward": True,
+    }
+    if cache:
+        provider["jwt_cache_config"] = {"jwt_cache_size": 100}
+    return {
+        "providers": {PROVIDER: provider},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": PROVIDER}}],
+    }
+
+
+def start_envoy(c: Contender, keys: Keys, workdir: Path, tag: str, authz_port: int) -> EnvoyProcess:
+    kwargs: dict[str, Any] = {"direct_response": True, "access_log": False}
+    if c.envoy != "extauthz":
+        kwargs["ext_authz"] = False
+    if c.envoy in ("jwt_authn", "jwt_authn_cache"):
+        kwargs["jwt_authn"] = jwt_authn_config(keys, c.envoy == "jwt_authn_cache")
+    envoy_dir = workdir / f"{tag}.envoy"
+    envoy = EnvoyProcess(
+        extauthz_port=authz_port or 1,  # unused cluster when ext_authz is off
+        upstream_port=1,  # unused: every route is a direct_response
+        timeout="1s",
+        bootstrap_kwargs=kwargs,
+        workdir=envoy_dir,
+        startup_timeout=STARTUP_TIMEOUT,
+    )
+    try:
+        envoy.start()
+    except EnvoyStartError as exc:
+        raise BenchError(str(exc)) from None
+    assert envoy.proc is not None
+    if SUT_CORES is not None:
+        pin(envoy.proc.pid, SUT_CORES)
+    return envoy
+
+
+def verify_envoy(c: Contender, envoy: EnvoyProcess, keys: Keys) -> None:
+    token = keys.sample(c.alg)
+    for _ in range(2):  # the second one is a cache hit where a cache is on
+        r = envoy.request("GET", "/bench", headers={"authorization": f"Bearer {token}"})
+        if r.status != 200:
+            raise BenchError(f"valid token through Envoy answered {r.status}, expected 200")
+    if c.envoy != "alone":
+        try:
+            r = envoy.request("GET", "/bench")
+        except (OSError, http.client.HTTPException) as exc:
+            raise BenchError(f"request without token failed: {exc}") from None
+        if r.status != 401:
+            raise BenchError(f"no token through Envoy answered {r.status}, expected 401")
+
+
+# ----------------------------------------------------------------- one timed run
+
+
+@contextmanager
+def _measured(pids: dict[str, int]) -> Iterator[dict[str, float]]:
+    before = {label: cpu_snapshot(pid) for label, pid in pids.items()}
+    out: dict[str, float] = {}
+    yield out
+    for label, pid in pids.items():
+        delta = cpu_delta(before[label], cpu_snapshot(pid))
+        if len(delta) == 1:
+            out[label] = next(iter(delta.values()))
+        else:
+            for i, (p, secs) in enumerate(sorted(delta.items())):
+                out[f"{label}[{i}:{p}]"] = secs
+
+
+def run_once(c: Contender, keys: Keys, workdir: Path, tag: str, duration: float,
+             warmup: float) -> RunResult:  # fmt: skip
+    server: Started | None = None
+    envoy: EnvoyProcess | None = None
+    try:
+        if c.server is not None:
+            server = start_server(c, keys, workdir, tag)
+            verify_grpc(c, server.port, keys)
+        token = keys.sample(c.alg)
+        if c.group == "grpc":
+            assert server is not None
+            body = workdir / f"{c.alg.lower()}.check.bin"
+            body.write_bytes(grpc_body(check_request(token)))
+            load_cores = ALL_CORES if c.workers > 1 else LOAD_CORES
+            if warmup > 0:
+                drivers.run_h2load(
+                    drivers.h2load_command(server.port, body, warmup, cores=load_cores),
+                    warmup, workdir / f"{tag}.warmup.txt",
+                )  # fmt: skip
+            cmd = drivers.h2load_command(server.port, body, duration, cores=load_cores)
+            pids = {"server": server.proc.pid}
+            t0 = time.monotonic()
+            with _measured(pids) as cpu:
+                res = drivers.run_h2load(cmd, duration, workdir / f"{tag}.h2load.txt")
+            wall = time.monotonic() - t0
+            if c.workers > 1:  # only the listening workers (a supervisor would do nothing)
+                cpu = {k: v for k, v in cpu.items() if any(f":{p}]" in k for p in server.workers)}
+                cpu = cpu or {"server": 0.0}
+            return RunResult(res.rps, res.requests, {}, cpu, wall, [server.command, res.command])
+        envoy = start_envoy(c, keys, workdir, tag, server.port if server else 0)
+        verify_envoy(c, envoy, keys)
+        url = f"{envoy.url}/bench"
+        assert envoy.proc is not None
+        pids = {"envoy": envoy.proc.pid}
+        if server is not None:
+            pids["extauthz"] = server.proc.pid
+        script = None
+        conns = drivers.WRK_CONNECTIONS
+        if c.group == "latency":
+            script = workdir / "pace.lua"
+            script.write_text(drivers.PACE_LUA, encoding="utf-8")
+            conns = drivers.PACED_CONNECTIONS
+        if warmup > 0:
+            drivers.run_wrk(
+                drivers.wrk_command(url, token, warmup, cores=LOAD_CORES, connections=conns),
+                warmup, workdir / f"{tag}.warmup.txt",
+            )  # fmt: skip
+        cmd = drivers.wrk_command(url, token, duration, cores=LOAD_CORES, connections=conns,
+                                  script=script)  # fmt: skip
+        t0 = time.monotonic()
+        with _measured(pids) as cpu:
+            res = drivers.run_wrk(cmd, duration, workdir / f"{tag}.wrk.txt")
+        wall = time.monotonic() - t0
+        commands = [f"envoy -c {envoy.config_path} --concurrency 1 (pinned: taskset -a -p -c "
+                    f"{SUT_CORES} PID)", res.command]  # fmt: skip
+        if server is not None:
+            commands.insert(0, server.command)
+        return RunResult(res.rps, res.requests, res.latency_ms, cpu, wall, commands)
+    finally:
+        if envoy is not None:
+            envoy.stop()
+        if server is not None:
+            stop(server.proc)

@@ -1,0 +1,62 @@
+"""The floor: a do-nothing grpc.aio Authorization server answering a prebuilt OK.
+
+Same generated code and the same grpc.aio server options as extauthz, plus grpc
+health so readiness is checked the same way. Whatever extauthz costs above this is
+its own work; what this costs is grpcio's per-call price on this machine.
+
+    python -m bench.floor --listen 127.0.0.1:9191
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2 as pb
+from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
+from extauthz._proto.google.rpc import status_pb2
+
+OK = pb.CheckResponse(status=status_pb2.Status(code=0), ok_response=pb.OkHttpResponse())
+
+
+class FloorServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    async def Check(self, request: Any, context: Any) -> Any:
+        return OK
+
+
+async def serve(listen: str) -> None:
+    server = grpc.aio.server(
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", 4 << 20),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ]
+    )
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(FloorServicer(), server)
+    hs = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    server.add_insecure_port(listen)
+    await server.start()
+    await hs.set("", health_pb2.HealthCheckResponse.SERVING)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(0.5)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.floor")
+    p.add_argument("--listen", default="127.0.0.1:9191")
+    asyncio.run(serve(p.parse_args().listen))
+
+
+if __name__ == "__main__":
+    main()
