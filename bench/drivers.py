@@ -51,7 +51,7 @@ def h2load_command(
         "-c", str(clients),
         "-m", str(streams),
         "-t", "1",
-        "-D", f"{duration:g}",
+        "-D", f"{max(1, round(duration * 1000))}ms",
         f"http://127.0.0.1:{port}{CHECK_PATH}",
     ]  # fmt: skip
 

@@ -51,9 +51,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return workers.supervise(
             cfg, _config_path(args), log_level=args.log_level, log_format=args.log_format
         )
+    from pathlib import Path
+
     from .server import serve
 
-    return asyncio.run(serve(cfg))
+    return asyncio.run(serve(cfg, config_path=Path(_config_path(args))))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import re2
 import yaml
@@ -189,6 +189,15 @@ class Provider(_Model):
             raise ValueError("min_refresh_interval must not exceed refresh_interval")
         return self
 
+    #: The settings a key source depends on; a reload keeps the source when they are equal.
+    KEY_SETTINGS: ClassVar[tuple[str, ...]] = (
+        "issuer", "jwks_uri", "discovery", "jwks_file", "jwks", "refresh_interval",
+        "min_refresh_interval", "max_stale", "fetch_timeout",
+    )  # fmt: skip
+
+    def same_keys(self, other: Provider) -> bool:
+        return all(getattr(self, k) == getattr(other, k) for k in self.KEY_SETTINGS)
+
     @property
     def key_source(self) -> str:
         if self.jwks_uri is not None:
@@ -213,6 +222,8 @@ class Server(_Model):
     token_cache_size: int = Field(default=100_000, ge=0)
     realm: str = Field(default="extauthz", pattern=r'^[^"\\\r\n]*$')
     tls: TLS | None = None
+    # On SIGTERM: NOT_SERVING at once, keep answering this long, then drain and exit.
+    shutdown_delay: Duration = 0.0
 
     @field_validator("listen", "admin_listen")
     @classmethod

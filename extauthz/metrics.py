@@ -61,6 +61,14 @@ TOKEN_CACHE = Counter(
 )
 
 
+CONFIG_RELOADS = Counter(
+    "extauthz_config_reload",
+    "Configuration reloads (SIGHUP or file change).",
+    ["result"],
+    registry=REGISTRY,
+)
+
+
 @lru_cache(maxsize=4096)
 def check_counter(decision: str, reason: str, provider: str, rule: str) -> Counter:
     return CHECKS.labels(decision, reason, provider, rule)

@@ -2,7 +2,9 @@
 
 Health (``grpc.health.v1``, services ``""`` and the Authorization service) follows
 readiness: NOT_SERVING until every provider has usable keys, and while draining.
-SIGTERM: NOT_SERVING, finish in-flight calls within the grace period, exit 0.
+SIGTERM: NOT_SERVING at once, keep serving for ``server.shutdown_delay`` (so Envoy and
+Kubernetes stop sending), then finish in-flight calls within the grace period, exit 0.
+SIGHUP, or a change of the config file: reload (see :meth:`Server.reload`).
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import aiohttp
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from . import __version__, admin, keys, logs, wire
+from . import __version__, admin, keys, logs, metrics, wire
+from . import config as configmod
 from .authorizer import Authorizer
 from .cache import TokenCache
 from .config import TLS, Config, split_address
+from .errors import ConfigError
 from .jwks import KeySet
 from .policy import Policy
 
@@ -92,13 +96,36 @@ class _CertFiles:
         )
 
 
+_RESTART_ONLY = ("listen", "admin_listen", "workers", "tls")
+
+
+def _stamp(path: Path | None) -> tuple[int, int, int] | None:
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)  # follows symlinks: a Kubernetes ConfigMap swap changes it
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 class Server:
     """One serving process. ``start`` binds everything; ``stop`` drains."""
 
     def __init__(
-        self, config: Config, *, reuse_port: bool = False, status_file: Path | None = None
+        self,
+        config: Config,
+        *,
+        reuse_port: bool = False,
+        status_file: Path | None = None,
+        config_path: Path | None = None,
+        overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
+        self.config_path = config_path  # watched for live reload when set
+        self._overrides = dict(overrides or {})  # server.* set by the supervisor
+        self._config_stamp = _stamp(config_path)
+        self._servicer: AuthorizationServicer | None = None
         self._reuse_port = reuse_port
         self.status_file = status_file  # a worker reports readiness to its supervisor here
         self._last_status = ""
@@ -141,7 +168,8 @@ class Server:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
             ]
         )
-        self._grpc.add_generic_rpc_handlers((AuthorizationServicer(self.authorizer).handler(),))
+        self._servicer = AuthorizationServicer(self.authorizer)
+        self._grpc.add_generic_rpc_handlers((self._servicer.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         await self._set_serving(False)
         host, port = split_address(cfg.server.listen)
@@ -212,7 +240,14 @@ class Server:
     async def _follow_readiness(self) -> None:
         # Readiness also changes with time alone (keys passing max_stale), so follow it
         # on a short period rather than only on fetch events.
+        tick = 0
         while True:
+            tick += 1
+            if self.config_path is not None and tick % 5 == 0:
+                stamp = _stamp(self.config_path)
+                if stamp is not None and stamp != self._config_stamp:
+                    self._config_stamp = stamp
+                    await self.reload("file")
             await self._set_serving(self.ready)
             for src in self.sources.values():
                 src.publish_age()
@@ -220,11 +255,80 @@ class Server:
                 self._write_status()
             await asyncio.sleep(0.2)
 
-    async def stop(self, grace: float = 5.0) -> None:
+    # -- reload -------------------------------------------------------------------------
+    async def reload(self, trigger: str = "signal") -> bool:
+        """Validate the config file again and swap it in atomically.
+
+        An invalid file keeps the running config (logged with every problem, counted
+        in ``extauthz_config_reload_total{result="error"}``). Providers whose settings
+        did not change keep their key source, keys and all; new providers start
+        fetching at once. Listeners, TLS and workers need a restart to change.
+        """
+        if self.config_path is None or self.authorizer is None:
+            return False
+        try:
+            new = configmod.load(self.config_path)
+        except ConfigError as exc:
+            metrics.CONFIG_RELOADS.labels("error").inc()
+            _log.error(
+                "config_reload_failed",
+                trigger=trigger,
+                problems=[f"{p or '(top level)'}: {m}" for p, m in exc.problems],
+            )
+            return False
+        if self._overrides:
+            new = new.model_copy(update={"server": new.server.model_copy(update=self._overrides)})
+        old = self.config
+        fixed = [k for k in _RESTART_ONLY if getattr(new.server, k) != getattr(old.server, k)]
+        if fixed:
+            _log.warning("config_reload_needs_restart", keys=[f"server.{k}" for k in fixed])
+            keep = {k: getattr(old.server, k) for k in fixed}
+            new = new.model_copy(update={"server": new.server.model_copy(update=keep)})
+        sources: dict[str, keys.KeySource] = {}
+        started: list[keys.KeySource] = []
+        for name, p in new.providers.items():
+            current = self.sources.get(name)
+            if current is not None and current.provider.same_keys(p):
+                current.provider = p  # same keys; other settings (audiences…) may differ
+                sources[name] = current
+            else:
+                src = keys.build(name, p, self._http, on_change=self._keys_changed)
+                src.start()
+                started.append(src)
+                sources[name] = src
+        for src in started:  # give new providers a moment to load before they take traffic
+            await src.wait_ready(min(5.0, src.provider.fetch_timeout))
+        size = new.server.token_cache_size
+        # A new policy may shape answers differently: cached decisions must not survive.
+        cache = TokenCache(size) if size > 0 else None
+        authorizer = Authorizer(Policy(new, cache), sources)
+        retired = [s for n, s in self.sources.items() if sources.get(n) is not s]
+        # The swap: one reference assignment each, never a half-updated config.
+        self.config, self.cache, self.sources, self.authorizer = new, cache, sources, authorizer
+        if self._servicer is not None:
+            self._servicer.authorizer = authorizer
+        for src in retired:
+            await src.stop()
+        metrics.CONFIG_RELOADS.labels("success").inc()
+        _log.info(
+            "config_reloaded",
+            trigger=trigger,
+            providers_kept=sorted(n for n in sources if sources[n] not in started),
+            providers_started=sorted(s.name for s in started),
+            providers_removed=sorted(s.name for s in retired if s.name not in sources),
+        )
+        return True
+
+    # -- shutdown -------------------------------------------------------------------------
+    async def begin_drain(self) -> None:
+        """Report NOT_SERVING (health, /readyz) while still answering Check calls."""
         self.draining = True
         await self._set_serving(False)
         if self.status_file is not None:
             self._write_status()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.begin_drain()
         if self._grpc is not None:
             await self._grpc.stop(grace)
         if self._watch is not None:
@@ -247,16 +351,36 @@ async def serve(
     reuse_port: bool = False,
     status_file: Path | None = None,
     announce: bool = True,
+    config_path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT, then drain. Returns the exit code."""
-    server = Server(config, reuse_port=reuse_port, status_file=status_file)
+    server = Server(
+        config,
+        reuse_port=reuse_port,
+        status_file=status_file,
+        config_path=config_path,
+        overrides=overrides,
+    )
     server.announce = announce
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(server.reload("signal"))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
-    _log.info("draining", grace_seconds=grace)
+    delay = server.config.server.shutdown_delay
+    _log.info("draining", shutdown_delay_seconds=delay, grace_seconds=grace)
+    await server.begin_drain()
+    if delay:
+        await asyncio.sleep(delay)  # still serving: peers see NOT_SERVING and move away
     await server.stop(grace)
     return 0

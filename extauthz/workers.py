@@ -53,11 +53,13 @@ def _worker(config_path: str, listen: str, status_file: str, log_level: str | No
 
     logmod.configure(log_level, log_format)
     cfg = cfgmod.load(config_path)
-    server = cfg.server.model_copy(update={"listen": listen, "admin_listen": None})
-    cfg = cfg.model_copy(update={"server": server})
-    raise SystemExit(
-        asyncio.run(serve(cfg, reuse_port=True, status_file=Path(status_file), announce=False))
-    )
+    overrides = {"listen": listen, "admin_listen": None}
+    cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update=overrides)})
+    code = asyncio.run(
+        serve(cfg, reuse_port=True, status_file=Path(status_file), announce=False,
+              config_path=Path(config_path), overrides=overrides)
+    )  # fmt: skip
+    raise SystemExit(code)
 
 
 class Supervisor:
@@ -114,6 +116,12 @@ class Supervisor:
         )
         return {"ready": ready, "draining": self._stopping, "workers": workers}
 
+    def _forward_hup(self) -> None:
+        # Each worker reloads (and validates) the file itself; it also notices edits.
+        for proc in self._procs.values():
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGHUP)
+
     async def _watch(self) -> None:
         # Restart crashed workers, with a growing delay for one that keeps crashing.
         from prometheus_client import multiprocess
@@ -151,6 +159,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._forward_hup)
         watcher = loop.create_task(self._watch())
         await stop.wait()
         self._stopping = True

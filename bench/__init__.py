@@ -1,0 +1,1 @@
+"""Benchmark harness for extauthz: python -m bench (see docs/benchmarks.md)."""
