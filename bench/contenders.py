@@ -1,9 +1,11 @@
 """What is measured: each contender starts its processes, proves it answers correctly,
 then is timed once per call of :func:`run_once`.
 
-Core split (2 cores): the system under test (the gRPC server, or Envoy plus extauthz)
-on core 0, the load generator and this orchestrator on core 1. Two-worker runs cannot
-be separated: the workers and h2load share both cores; their CPU is reported per worker.
+Core split (2 cores): the gRPC server (floor or extauthz) alone on core 0; the load
+generator and this orchestrator on core 1; Envoy (``--concurrency 1``) also on core 1,
+so that behind Envoy extauthz keeps a core to itself as in the direct runs. Two-worker
+runs cannot be separated: the workers and h2load share both cores; their CPU is
+reported per worker.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import shlex
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -49,6 +52,7 @@ from .common import (
 SUT_CORES = "0" if NPROC >= 2 else None
 LOAD_CORES = "1" if NPROC >= 2 else None
 ALL_CORES = f"0-{NPROC - 1}" if NPROC >= 2 else None
+ENVOY_CORES = LOAD_CORES
 STARTUP_TIMEOUT = 30.0
 GRPC_OK, GRPC_UNAUTHENTICATED = 0, 16
 
@@ -227,6 +231,7 @@ def start_envoy(c: Contender, keys: Keys, workdir: Path, tag: str, authz_port: i
     if c.envoy in ("jwt_authn", "jwt_authn_cache"):
         kwargs["jwt_authn"] = jwt_authn_config(keys, c.envoy == "jwt_authn_cache")
     envoy_dir = workdir / f"{tag}.envoy"
+    shutil.rmtree(envoy_dir, ignore_errors=True)  # a stale admin-address file would mislead
     envoy = EnvoyProcess(
         extauthz_port=authz_port or 1,  # unused cluster when ext_authz is off
         upstream_port=1,  # unused: every route is a direct_response
@@ -240,8 +245,8 @@ def start_envoy(c: Contender, keys: Keys, workdir: Path, tag: str, authz_port: i
     except EnvoyStartError as exc:
         raise BenchError(str(exc)) from None
     assert envoy.proc is not None
-    if SUT_CORES is not None:
-        pin(envoy.proc.pid, SUT_CORES)
+    if ENVOY_CORES is not None:
+        pin(envoy.proc.pid, ENVOY_CORES)
     return envoy
 
 
@@ -330,8 +335,8 @@ def run_once(c: Contender, keys: Keys, workdir: Path, tag: str, duration: float,
         with _measured(pids) as cpu:
             res = drivers.run_wrk(cmd, duration, workdir / f"{tag}.wrk.txt")
         wall = time.monotonic() - t0
-        commands = [f"envoy -c {envoy.config_path} --concurrency 1 (pinned: taskset -a -p -c "
-                    f"{SUT_CORES} PID)", res.command]  # fmt: skip
+        commands = [f"{shlex.join(map(str, envoy.proc.args))}  # then: taskset -a -p -c "
+                    f"{ENVOY_CORES} <envoy pid>", res.command]  # fmt: skip
         if server is not None:
             commands.insert(0, server.command)
         return RunResult(res.rps, res.requests, res.latency_ms, cpu, wall, commands)

@@ -13,7 +13,15 @@ from pathlib import Path
 
 from . import drivers
 from .common import NPROC
-from .contenders import ALL_CORES, BY_NAME, CONTENDERS, LOAD_CORES, SUT_CORES, RunResult
+from .contenders import (
+    ALL_CORES,
+    BY_NAME,
+    CONTENDERS,
+    ENVOY_CORES,
+    LOAD_CORES,
+    SUT_CORES,
+    RunResult,
+)
 from .rss import RssResult
 
 P99_ADDED_TARGET_MS = 2.0
@@ -122,12 +130,15 @@ def core_split() -> str:
     if SUT_CORES is None:
         return "1 core: no pinning (server, Envoy and load generator share it)."
     return (
-        f"System under test on core {SUT_CORES} (`taskset -c {SUT_CORES}`: the gRPC server; "
-        f"or Envoy `--concurrency 1` pinned with `taskset -a -p -c {SUT_CORES}` plus extauthz, "
-        f"sharing that core), load generator (h2load / wrk) and the orchestrator on core "
-        f"{LOAD_CORES}. Two-worker runs (`*_2w`): workers and h2load all on cores {ALL_CORES} "
-        "(they cannot be separated on 2 cores), so their rps is *not* comparable 1:1 with the "
-        "1-worker rows; compare their CPU µs/request, reported per worker."
+        f"The gRPC server (floor or extauthz, 1 worker) alone on core {SUT_CORES} "
+        f"(`taskset -c {SUT_CORES}`); the load generator (h2load / wrk) and the orchestrator "
+        f"on core {LOAD_CORES}. Envoy (`--concurrency 1`, all threads pinned with "
+        f"`taskset -a -p -c {ENVOY_CORES}`) shares core {ENVOY_CORES} with wrk, so behind "
+        f"Envoy extauthz keeps core {SUT_CORES} to itself as in the direct runs; the Envoy "
+        "rows without ext_authz leave that core idle. Two-worker runs (`*_2w`): workers and "
+        f"h2load all on cores {ALL_CORES} (they cannot be separated on 2 cores), so their rps "
+        "is *not* comparable 1:1 with the 1-worker rows; compare their CPU µs/request, "
+        "reported per worker (median CPU seconds of each worker over the run)."
     )
 
 
@@ -348,6 +359,13 @@ def stdout_table(outcomes: dict[str, Outcome], rss: RssResult | None, rss_error:
         if c.group == "latency" and o.status == "ok":
             extra = "p50/p90/p99 " + "/".join(_fmt(o.latency(p), ".2f") for p in ("50", "90", "99"))
             extra += " ms"
+            base = outcomes.get(c.baseline) if c.baseline else None
+            b99 = base.latency("99") if base else None
+            v99 = o.latency("99")
+            if b99 is not None and v99 is not None:
+                added = v99 - b99
+                extra += (f"; added p99 {added:+.2f} ms (target <= {P99_ADDED_TARGET_MS:g}: "
+                          f"{'met' if added <= P99_ADDED_TARGET_MS else 'MISSED'})")  # fmt: skip
         if o.status == "error":
             extra = o.message
         lines.append(f"{c.name:<30} {_cell(o):>12} {_fmt(r, '.2f'):>8}  {extra}")

@@ -69,6 +69,17 @@ class Authorizer:
                 provider=decision.provider,
                 kid=decision.kid,
                 iss=decision.iss,
+                sub=decision.sub,
+                request_id=req.request_id,
+            )
+        elif logs.debug_enabled():
+            _log.debug(
+                "allowed",
+                reason=decision.reason,
+                rule=decision.rule,
+                provider=decision.provider,
+                kid=decision.kid,
+                sub=decision.sub,
                 request_id=req.request_id,
             )
         return decision

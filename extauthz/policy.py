@@ -247,6 +247,7 @@ class Policy:
         prov: _Provider | None = None
         kid: str | None = None
         iss: str | None = None
+        verified: verify.Verified | None = None
         try:
             token = tokens.extract(req.headers, req.path, rule.sources)
             if token is None:
@@ -276,7 +277,15 @@ class Policy:
                 return known  # type: ignore[no-any-return]
             self._check_rule(rule.rule, verified.claims)
         except errors.Denied as exc:
-            return self.deny(exc, rule=name, provider=prov.name if prov else "", kid=kid, iss=iss)
+            sub = verified.claims.get("sub") if verified is not None else None
+            return self.deny(
+                exc,
+                rule=name,
+                provider=prov.name if prov else "",
+                kid=kid,
+                iss=iss,
+                sub=sub if isinstance(sub, str) else None,
+            )
         decision = self._allow(rule.rule, prov, token, verified)
         if self.cache is not None:
             verified.memo[memo_key] = decision

@@ -392,7 +392,9 @@ def test_dockerfile_copies_only_what_the_build_needs() -> None:
     assert sorted(sources) == ["README.md", "extauthz", "pyproject.toml"]
     # Base image pinned by exact version tag (X.Y.Z), used by every stage.
     (arg,) = [a for a in _dockerfile_instruction("ARG") if a.startswith("PYTHON_IMAGE=")]
-    assert re.fullmatch(r"PYTHON_IMAGE=python:\d+\.\d+\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", arg)
+    assert re.fullmatch(
+        r"PYTHON_IMAGE=python:\d+\.\d+\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", arg
+    )
     assert all(f.split()[0] == "${PYTHON_IMAGE}" for f in _dockerfile_instruction("FROM"))
     assert not re.search(r"^HEALTHCHECK\s", DOCKERFILE.read_text(), flags=re.MULTILINE)
     ignore = (REPO / ".dockerignore").read_text().split()

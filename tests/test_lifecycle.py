@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,14 +32,16 @@ SIGNER = Signer("ES256")
 class Proc:
     """`extauthz serve` as a subprocess with JSON logs in a file."""
 
-    def __init__(self, tmp: Path, name: str, cfg: dict[str, Any]) -> None:
+    def __init__(
+        self, tmp: Path, name: str, cfg: dict[str, Any], env: dict[str, str] | None = None
+    ) -> None:
         self.config = tmp / f"{name}.yaml"
         self.log = tmp / f"{name}.log"
         self.write(cfg)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "extauthz", "serve", "--config", str(self.config)],
             stderr=self.log.open("w"),
-            env={**os.environ, "EXTAUTHZ_LOG_FORMAT": "json"},
+            env={**os.environ, "EXTAUTHZ_LOG_FORMAT": "json", **(env or {})},
         )
         wait_for(lambda: self.event("started") is not None, 30, f"{name} start")
         started = self.event("started")
@@ -147,9 +148,11 @@ def test_reload_under_traffic_with_zero_failed_checks(tmp_path: Path, keys: Jwks
     cfg = base_config(keys.url)
     server = Proc(tmp_path, "a", cfg)
     try:
-        with EchoUpstream() as up, EnvoyProcess(
-            extauthz_port=server.grpc_port, upstream_port=up.port
-        ) as envoy, Traffic(envoy.port) as traffic:
+        with (
+            EchoUpstream() as up,
+            EnvoyProcess(extauthz_port=server.grpc_port, upstream_port=up.port) as envoy,
+            Traffic(envoy.port) as traffic,
+        ):
             traffic.wait_requests(100)
             fetches_before = keys.fetches
 
@@ -194,8 +197,11 @@ def _two_endpoints(ports: list[int]) -> Callable[[dict[str, Any]], None]:
         cluster["load_assignment"]["endpoints"] = [
             {
                 "lb_endpoints": [
-                    {"endpoint": {"address": {"socket_address": {
-                        "address": "127.0.0.1", "port_value": p}}}}  # fmt: skip
+                    {
+                        "endpoint": {
+                            "address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}
+                        }
+                    }
                     for p in ports
                 ]
             }
@@ -223,15 +229,21 @@ def test_sigterm_under_traffic_with_a_second_replica_fails_no_check(
     a = Proc(tmp_path, "a", base_config(keys.url, shutdown_delay="1500ms"))
     b = Proc(tmp_path, "b", base_config(keys.url, shutdown_delay="1500ms"))
     try:
-        with EchoUpstream() as up, EnvoyProcess(
-            extauthz_port=a.grpc_port,
-            upstream_port=up.port,
-            config_hook=_two_endpoints([a.grpc_port, b.grpc_port]),
-        ) as envoy:
+        with (
+            EchoUpstream() as up,
+            EnvoyProcess(
+                extauthz_port=a.grpc_port,
+                upstream_port=up.port,
+                config_hook=_two_endpoints([a.grpc_port, b.grpc_port]),
+            ) as envoy,
+        ):
             wait_for(
-                lambda: envoy.stats("cluster.extauthz.membership_healthy").get(
-                    "cluster.extauthz.membership_healthy"
-                ) == 2,  # fmt: skip
+                lambda: (
+                    envoy.stats("cluster.extauthz.membership_healthy").get(
+                        "cluster.extauthz.membership_healthy"
+                    )
+                    == 2
+                ),
                 20,
                 "both replicas healthy in Envoy",
             )

@@ -79,8 +79,10 @@ def test_two_workers_share_the_port_aggregate_metrics_and_restart(tmp_path: Path
         victim = next(iter(pids))
         os.kill(victim, signal.SIGKILL)
         wait_for(
-            lambda: readyz().status == 200
-            and victim not in {w["pid"] for w in readyz().json()["workers"]},
+            lambda: (
+                readyz().status == 200
+                and victim not in {w["pid"] for w in readyz().json()["workers"]}
+            ),
             30,
             "the crashed worker to be replaced",
         )
