@@ -11,6 +11,7 @@ Logs of every process and raw load-generator output go to ``--workdir``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import shutil
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 from . import report
-from .common import NPROC, BenchError, Keys, NotAvailable, mint_many_eddsa
+from .common import NPROC, BenchError, Keys, NotAvailable, dump_json, mint_many_eddsa
 from .contenders import BY_NAME, CONTENDERS, run_once
 
 GROUPS = {g: [c.name for c in CONTENDERS if c.group == g] for g in ("grpc", "envoy", "latency")}
@@ -133,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         ),
         encoding="utf-8",
     )  # fmt: skip
+    dump_json(workdir / "results.json", {
+        "argv": argv_text, "duration": duration, "repeat": repeat, "smoke": args.smoke,
+        "outcomes": {n: dataclasses.asdict(o) for n, o in outcomes.items()},
+        "rss": dataclasses.asdict(rss) if rss is not None else rss_error,
+    })  # fmt: skip
     print(report.stdout_table(outcomes, rss, rss_error))
     print(f"\nreport: {out}  chart: {svg}  logs: {workdir}")
     failed = [o.name for o in outcomes.values() if o.status == "error"]

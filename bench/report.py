@@ -272,29 +272,35 @@ def markdown(
 
 LIMITS = """## What limits each number
 
-- **floor**: grpcio's per-call cost in one Python process (HTTP/2 framing in C-core, then
-  the asyncio hop into Python, protobuf parse/serialise). Every direct gRPC row is bounded
-  by it; the ratios are what extauthz adds on top.
-- **cache_hit**: floor + extauthz's Python work per request: CheckRequest → AuthRequest
-  (header dict copy), token extraction, BLAKE2b digest and cache lookup, claim re-checks,
-  policy, Prometheus counters/histogram, and building an OK CheckResponse (with
-  dynamic_metadata Struct built from the claims).
-- **rs256 / es256 / eddsa** (cache off): the above plus JWS parsing and one signature
-  verification per request (joserfc → cryptography/OpenSSL). RS256 verification is cheap
-  (public exponent 65537), ES256 and EdDSA cost more per verify, plus joserfc's own Python.
-- **`*_2w`**: two worker processes on two cores, but h2load shares those cores, so rps
-  is bounded by both; per-worker CPU shows the split (SO_REUSEPORT hashes connections,
-  so the balance depends on the 16 h2load connections).
-- **Through Envoy**: everything (Envoy with one worker thread, plus extauthz) is on one
-  core with wrk on the other, so the rps is a per-core cost figure: Envoy alone is
-  bounded by Envoy's HTTP/1.1 handling; with ext_authz each request adds an HTTP/2 gRPC
-  round trip to extauthz, and extauthz's Python cost dominates. Envoy's jwt_authn
-  verifies in C++ in-process.
+- **floor**: grpcio's per-call cost in one Python process (HTTP/2 framing in C-core, the
+  hop into the asyncio loop, protobuf parse/serialise, the per-call task). Every direct
+  gRPC row is bounded by it; the ratios are what extauthz adds on top. A py-spy profile
+  of extauthz shows most samples inside grpc's Cython callbacks (`Handle._run`), not in
+  extauthz code.
+- **cache_hit**: floor + extauthz's own Python per request: CheckRequest → AuthRequest
+  (header dict copy, path normalisation), token extraction, BLAKE2b digest and cache
+  lookup, claim re-checks, rule match, Prometheus counter and histogram, and the OK
+  CheckResponse (reused from the per-token memo on a hit).
+- **rs256 / es256 / eddsa** (token cache off): the above plus JWS parsing (base64 and
+  JSON in joserfc), one signature verification through `cryptography`/OpenSSL, and
+  building the OK response (dynamic_metadata `Struct` from the claims). RS256 verify is
+  the cheapest (public exponent 65537); ES256 and Ed25519 verify cost more per call.
+- **`*_2w`**: two worker processes, but h2load shares their two cores, so rps is bounded
+  by both together; per-worker CPU shows the split (SO_REUSEPORT hashes the 16 h2load
+  connections over the workers, so the balance varies from run to run).
+- **Through Envoy**: Envoy (one worker thread) and wrk share core 1, extauthz has core 0.
+  Envoy alone and with jwt_authn is bounded by Envoy + wrk on that core. With ext_authz
+  Envoy's own CPU per request rises by an order of magnitude (see the Envoy CPU column:
+  the gRPC side call, the Check request build and the HTTP/2 codec; measured the same
+  with the do-nothing floor as the authorization server, so it is Envoy's cost, not
+  extauthz's), and the pair Envoy ↔ extauthz is a request/response ping-pong across
+  cores with little batching, so extauthz's CPU per request is higher than under h2load.
 - **Latency**: paced load (≈ 1000 rps, well under capacity), so the added latency is the
-  service time of the ext_authz round trip plus queueing on the shared core; p99 is
-  sensitive to scheduler noise (Python GC, the 0.2 s readiness loop, other processes).
-- **RSS**: the interpreter + grpcio + cryptography baseline, plus cache entries
-  (128-bit digest → verified claims) for every distinct token seen.
+  ext_authz round trip (Envoy → extauthz → Envoy) plus scheduling; p99 is sensitive to
+  scheduler noise on a 2-core VM (Python GC pauses, the 0.2 s readiness loop, wrk and
+  Envoy sharing a core).
+- **RSS**: the interpreter + grpcio + cryptography + pydantic baseline, plus one cache
+  entry (128-bit digest → verified claims and memoized decision) per distinct token.
 """
 
 

@@ -33,13 +33,18 @@ class Proc:
     """`extauthz serve` as a subprocess with JSON logs in a file."""
 
     def __init__(
-        self, tmp: Path, name: str, cfg: dict[str, Any], env: dict[str, str] | None = None
+        self,
+        tmp: Path,
+        name: str,
+        cfg: dict[str, Any],
+        env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
     ) -> None:
         self.config = tmp / f"{name}.yaml"
         self.log = tmp / f"{name}.log"
         self.write(cfg)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "extauthz", "serve", "--config", str(self.config)],
+            [*prefix, sys.executable, "-m", "extauthz", "serve", "--config", str(self.config)],
             stderr=self.log.open("w"),
             env={**os.environ, "EXTAUTHZ_LOG_FORMAT": "json", **(env or {})},
         )

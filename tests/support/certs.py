@@ -43,8 +43,9 @@ class CA:
         self.path = directory / f"{name}.crt"
         self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str, *, server: bool, cert: Path | None = None,
-              key: Path | None = None) -> Pair:  # fmt: skip
+    def issue(
+        self, name: str, *, server: bool, cert: Path | None = None, key: Path | None = None
+    ) -> Pair:
         k = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
@@ -78,7 +79,7 @@ class CA:
                     serialization.PrivateFormat.PKCS8,
                     serialization.NoEncryption(),
                 ),
-            ),  # fmt: skip
+            ),
             (cert, c.public_bytes(serialization.Encoding.PEM)),
         ):
             tmp = path.with_suffix(".tmp")
