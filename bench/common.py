@@ -117,8 +117,14 @@ def _mint_range(bounds: tuple[int, int]) -> list[str]:
     return [
         jwt.encode(
             header,
-            {"iss": ISSUER, "aud": AUDIENCE, "sub": f"user-{i}", "iat": now,
-             "exp": now + TOKEN_TTL, "jti": f"bench-{i}"},  # fmt: skip
+            {
+                "iss": ISSUER,
+                "aud": AUDIENCE,
+                "sub": f"user-{i}",
+                "iat": now,
+                "exp": now + TOKEN_TTL,
+                "jti": f"bench-{i}",
+            },
             _MINT_KEY,
             algorithms=["EdDSA"],
         )
@@ -171,7 +177,7 @@ def check_request(token: str | None, path: str = "/bench") -> Any:
 
 def grpc_body(message: Any) -> bytes:
     """gRPC length-prefixed message: flag 0 (uncompressed) + 4-byte big-endian length."""
-    data = message.SerializeToString()
+    data: bytes = message.SerializeToString()
     return struct.pack(">BI", 0, len(data)) + data
 
 

@@ -315,6 +315,7 @@ def run_once(c: Contender, keys: Keys, workdir: Path, tag: str, duration: float,
         verify_envoy(c, envoy, keys)
         url = f"{envoy.url}/bench"
         assert envoy.proc is not None
+        envoy_args: list[str] = list(envoy.proc.args)  # type: ignore[arg-type]
         pids = {"envoy": envoy.proc.pid}
         if server is not None:
             pids["extauthz"] = server.proc.pid
@@ -335,8 +336,9 @@ def run_once(c: Contender, keys: Keys, workdir: Path, tag: str, duration: float,
         with _measured(pids) as cpu:
             res = drivers.run_wrk(cmd, duration, workdir / f"{tag}.wrk.txt")
         wall = time.monotonic() - t0
-        commands = [f"{shlex.join(map(str, envoy.proc.args))}  # then: taskset -a -p -c "
-                    f"{ENVOY_CORES} <envoy pid>", res.command]  # fmt: skip
+        envoy_cmd = shlex.join(str(a) for a in envoy_args)
+        commands = [f"{envoy_cmd}  # then: taskset -a -p -c {ENVOY_CORES} <envoy pid>",
+                    res.command]  # fmt: skip
         if server is not None:
             commands.insert(0, server.command)
         return RunResult(res.rps, res.requests, res.latency_ms, cpu, wall, commands)

@@ -67,9 +67,7 @@ def parse_h2load(out: str) -> LoadResult:
 
 
 def run_h2load(cmd: list[str], duration: float, log: Path) -> LoadResult:
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=duration + 60, check=False
-    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=False)
     log.write_text(f"$ {shlex.join(cmd)}\n{proc.stdout}\n{proc.stderr}", encoding="utf-8")
     if proc.returncode != 0:
         raise BenchError(f"h2load exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
@@ -119,9 +117,7 @@ def parse_wrk(out: str) -> LoadResult:
 
 
 def run_wrk(cmd: list[str], duration: float, log: Path) -> LoadResult:
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=duration + 60, check=False
-    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=False)
     log.write_text(f"$ {shlex.join(cmd)}\n{proc.stdout}\n{proc.stderr}", encoding="utf-8")
     if proc.returncode != 0:
         raise BenchError(f"wrk exited {proc.returncode}: {proc.stderr.strip()[-500:]}")

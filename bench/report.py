@@ -1,4 +1,5 @@
 """Markdown report and a hand-written SVG bar chart (no plotting dependency)."""
+# ruff: noqa: RUF001  (typographic dashes and the multiplication sign are intended)
 
 from __future__ import annotations
 
@@ -162,12 +163,15 @@ def markdown(
              + f". Each figure is the median of {repeat} run(s) of {duration:g} s; contenders "
              "alternate within each repeat (order reversed on odd repeats), every run starts "
              "fresh processes and first proves the contender answers correctly. Method: "
-             "[design §9](../../shared/design.md). Regenerate with `python -m bench`.\n")  # fmt: skip
+             "[design §9](../../shared/design.md). "
+             "Regenerate with `python -m bench`.\n")  # fmt: skip
     if svg_name:
         L.append(f"![throughput chart]({svg_name})\n")
 
     L.append("## Throughput: gRPC Check direct (h2load)\n")
-    L.append("| contender | what | median rps | × floor | target | server CPU µs/req | runs (rps) |")
+    L.append(
+        "| contender | what | median rps | × floor | target | server CPU µs/req | runs (rps) |"
+    )
     L.append("|---|---|---:|---:|---|---:|---|")
     for c in CONTENDERS:
         if c.group != "grpc" or c.name not in outcomes:
@@ -250,24 +254,41 @@ def markdown(
 
     L.append("## Machine\n")
     L.append("| | |\n|---|---|")
-    for k, v in info.items():
-        L.append(f"| {k} | {v} |")
+    for key, val in info.items():
+        L.append(f"| {key} | {val} |")
     L.append(f"\n**Core split.** {core_split()}\n")
 
     L.append("## Commands\n")
     L.append("Exact commands of the last run of each contender (ports are picked per run):\n")
     L.append("```sh")
     for c in CONTENDERS:
-        o = outcomes.get(c.name)
-        if o and o.runs:
+        done = outcomes.get(c.name)
+        if done and done.runs:
             L.append(f"# {c.name}")
-            L.extend(o.runs[-1].commands)
+            L.extend(done.runs[-1].commands)
     if rss is not None:
         L.append("# rss (client: grpc.aio in the bench process)")
         L.append(rss.command)
     L.append("```\n")
+    L.append("extauthz config of the `rs256` runs (ports vary; the others differ only in "
+             "`token_cache_size` (default 100000 = cache on) and `workers`):\n")  # fmt: skip
+    L.append("```yaml\n" + _sample_config() + "```\n")
     L.append(LIMITS)
     return "\n".join(L)
+
+
+def _sample_config() -> str:
+    import yaml
+
+    from .contenders import extauthz_config
+
+    class _NoKeys:
+        def jwks(self) -> dict[str, object]:
+            return {}
+
+    cfg = extauthz_config(BY_NAME["rs256"], _NoKeys(), 9191, 9192)  # type: ignore[arg-type]
+    cfg["providers"]["bench"]["jwks"] = "<inline JWKS: RS256 2048-bit, ES256 P-256, Ed25519>"
+    return str(yaml.safe_dump(cfg, sort_keys=False))
 
 
 LIMITS = """## What limits each number

@@ -241,6 +241,7 @@ class Server:
         # Readiness also changes with time alone (keys passing max_stale), so follow it
         # on a short period rather than only on fetch events.
         tick = 0
+        loop = asyncio.get_running_loop()
         while True:
             tick += 1
             if self.config_path is not None and tick % 5 == 0:
@@ -253,7 +254,11 @@ class Server:
                 src.publish_age()
             if self.status_file is not None:
                 self._write_status()
+            before = loop.time()
             await asyncio.sleep(0.2)
+            lag = loop.time() - before - 0.2
+            if lag > 0.25:  # something blocked the event loop: every Check waited too
+                _log.warning("event_loop_stalled", seconds=round(lag, 3))
 
     # -- reload -------------------------------------------------------------------------
     async def reload(self, trigger: str = "signal") -> bool:

