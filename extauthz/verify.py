@@ -130,8 +130,8 @@ def parse(token: str) -> Unverified:
     except (JoseError, ValueError, TypeError, KeyError):
         raise errors.MalformedToken() from None
     alg = header.get("alg")
-    if not isinstance(alg, str):
-        raise errors.MalformedToken()
+    if not isinstance(alg, str) or not isinstance(header.get("kid", ""), str):
+        raise errors.MalformedToken()  # RFC 7515: `alg` and `kid` are strings
     if alg.lower() == "none":
         raise errors.AlgorithmNotAllowed()
     for name in _REFUSED_HEADERS:
