@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import errors, paths, tokens, verify
-from .cache import TokenCache, digest
+from .cache import Entry, TokenCache, digest
 from .config import Config, Provider, Rule, TokenSource, compile_regex
 from .jwks import KeySet
 
@@ -252,8 +252,23 @@ class Policy:
             token = tokens.extract(req.headers, req.path, rule.sources)
             if token is None:
                 raise errors.MissingToken()
-            verified = self._cached(token, rule, keys, now)
-            if verified is None:
+            key = digest(token.token) if self.cache is not None else b""
+            memo_key = (key, name, token.source)
+            hit = self._cached(token, key, rule, keys, now)
+            if hit is not None:
+                assert self.cache is not None
+                # Same token, rule and source: the same answer (claims and config are
+                # immutable), so a hot token reuses its decision and encoded bytes.
+                known = self.cache.memo_get(memo_key)
+                if known is not None:
+                    return known  # type: ignore[no-any-return]
+                prov = self.providers[hit.provider]
+                kid, iss = hit.kid, prov.config.issuer
+                verified = verify.Verified(
+                    hit.provider, verify.claims_of(token.token), hit.kid, hit.thumbprint,
+                    hit.not_after, hit.not_before,
+                )  # fmt: skip
+            else:
                 unverified = verify.parse(token.token)
                 kid, iss = unverified.kid, unverified.iss
                 prov = self._provider_for(rule, token, iss)
@@ -265,16 +280,9 @@ class Policy:
                 except errors.UnknownKey:
                     raise NeedKeys(prov.name, name, kid, iss) from None
                 if self.cache is not None:
-                    self.cache.put(digest(token.token), verified)
-            else:
-                prov = self.providers[verified.provider]
-                kid, iss = verified.kid, prov.config.issuer
-            # Same verified claims, same rule, same source: the same answer (claims and
-            # config are immutable), so a cache hit reuses it and its encoded bytes.
-            memo_key = (name, token.source)
-            known = verified.memo.get(memo_key)
-            if known is not None:
-                return known  # type: ignore[no-any-return]
+                    entry = Entry(prov.name, verified.thumbprint, verified.kid,
+                                  verified.not_after, verified.not_before)  # fmt: skip
+                    self.cache.put(key, entry)
             self._check_rule(rule.rule, verified.claims)
         except errors.Denied as exc:
             sub = verified.claims.get("sub") if verified is not None else None
@@ -288,7 +296,7 @@ class Policy:
             )
         decision = self._allow(rule.rule, prov, token, verified)
         if self.cache is not None:
-            verified.memo[memo_key] = decision
+            self.cache.memo_put(memo_key, decision)
         return decision
 
     @staticmethod
@@ -302,20 +310,21 @@ class Policy:
     def _cached(
         self,
         token: tokens.Found,
+        key: bytes,
         rule: _Rule,
         keys: Callable[[str], KeySet | None],
         now: float,
-    ) -> verify.Verified | None:
-        """A cache hit skips the signature only: everything else is checked again."""
+    ) -> Entry | None:
+        """A valid cache entry for this token, or None. Raises when the hit is refused."""
         if self.cache is None:
             return None
-        hit = self.cache.get(digest(token.token))
+        hit = self.cache.get(key)
         if hit is None:
             return None
         prov = self.providers.get(hit.provider)
         keyset = keys(hit.provider)
         if keyset is None or hit.thumbprint not in keyset.thumbprints:
-            self.cache.drop(digest(token.token))  # its key left the JWKS: verify afresh
+            self.cache.drop(key)  # its key left the JWKS: verify afresh
             return None
         if (
             prov is None
@@ -323,7 +332,10 @@ class Policy:
             or token.source not in prov.config.token_sources
         ):
             raise errors.UnknownIssuer()
-        hit.check_window(now)
+        if now >= hit.not_after:
+            raise errors.Expired()
+        if now < hit.not_before:
+            raise errors.NotYetValid()
         return hit
 
     def unknown_kid(self, need: NeedKeys) -> Decision:

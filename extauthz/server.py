@@ -27,7 +27,7 @@ from . import config as configmod
 from .authorizer import Authorizer
 from .cache import TokenCache
 from .config import TLS, Config, split_address
-from .errors import ConfigError, InternalError
+from .errors import ConfigError
 from .jwks import KeySet
 from .policy import Policy
 

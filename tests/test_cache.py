@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from extauthz import config, jwks, metrics, verify
-from extauthz.cache import TokenCache, digest
+from extauthz.cache import Entry, TokenCache, digest
 from extauthz.policy import AuthRequest, NeedKeys, Policy
 from tests.support.signing import Signer, claims
 
@@ -86,8 +86,7 @@ def test_revoked_key_stops_cached_tokens() -> None:
     with pytest.raises(NeedKeys):  # its kid is gone: unknown key
         decide(policy, token, without_a, NOW)
     # Even without the purge, a hit whose key left the set is not used.
-    cache.put(digest(token), verify.Verified("p", {"iss": ISS, "exp": NOW + 60}, A.kid,
-                                             both.by_kid[A.kid][0].thumbprint))  # fmt: skip
+    cache.put(digest(token), Entry("p", both.by_kid[A.kid][0].thumbprint, A.kid, NOW + 60, 0))
     with pytest.raises(NeedKeys):
         decide(policy, token, without_a, NOW)
 
@@ -95,7 +94,7 @@ def test_revoked_key_stops_cached_tokens() -> None:
 def test_cache_is_bounded_and_evicts_oldest() -> None:
     cache = TokenCache(3)
     for i in range(5):
-        cache.put(bytes([i]), verify.Verified("p", {"exp": 1}, None, "t"))
+        cache.put(bytes([i]), Entry("p", "t", None, 1, 0))
     assert len(cache) == 3
     assert cache.get(bytes([0])) is None and cache.get(bytes([4])) is not None
 
@@ -113,5 +112,9 @@ def test_cache_size_zero_disables_it(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_cache_never_holds_the_token() -> None:
     cache = TokenCache(10)
     token = A.sign(claims(ISS, "api", now=NOW))
-    cache.put(digest(token), verify.Verified("p", {"exp": 1}, None, "t"))
-    assert token.encode() not in b"".join(cache._entries)
+    policy = Policy(CFG, cache)
+    assert decide(policy, token, jwks.parse({"keys": [A.jwk()]}), NOW).allowed
+    stored = repr((cache._slot, cache._refs))
+    for part in token.split("."):
+        assert part not in stored
+    assert "user-1" not in stored  # no claims either
