@@ -12,7 +12,6 @@ Exit status 0 only when every criterion holds. Traffic goes to loopback only.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import random
@@ -32,7 +31,7 @@ import yaml
 from joserfc import jwt
 from joserfc.jwk import OKPKey
 
-from extauthz.envoy_process import EnvoyProcess
+from extauthz.envoy_process import EnvoyProcess, KeepAlive
 from extauthz.issuer import DevIssuer
 
 AUD = "soak-api"
@@ -223,18 +222,10 @@ def _traffic(port: int, pid: int, tokens: _Tokens, issuer: DevIssuer, duration: 
 
     def _client(seed: int) -> None:
         rng = random.Random(seed)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        client = KeepAlive(port)
         while time.monotonic() - start < duration:
             name, path, headers, expected = tokens.case(rng)
-            try:
-                conn.request("GET", path, headers=headers)
-                resp = conn.getresponse()
-                body = resp.read()
-                status = resp.status
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                status, body = 0, b""
+            status, body = client.get(path, headers)
             with lock:
                 results["requests"] += 1
                 results[f"{name}:{status}"] += 1

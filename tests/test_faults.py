@@ -163,7 +163,7 @@ def test_cpu_starvation_never_produces_a_wrong_allow(tmp_path: Path) -> None:
             with (
                 EchoUpstream() as up,
                 EnvoyProcess(
-                    extauthz_port=server.grpc_port, upstream_port=up.port, timeout="0.05s"
+                    extauthz_port=server.grpc_port, upstream_port=up.port, timeout="0.2s"
                 ) as envoy,
             ):
                 bad = Signer("RS256", kid=SIGNER.kid).sign(claims(ISS, "api"))

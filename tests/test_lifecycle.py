@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from extauthz.envoy_process import http_request
+from extauthz.envoy_process import KeepAlive, http_request
 from tests.support.envoy import EnvoyProcess
 from tests.support.jwks_server import JwksServer
 from tests.support.server import wait_for
@@ -110,17 +109,9 @@ class Traffic:
 
     def _run(self) -> None:
         token = SIGNER.sign(claims(ISS, "api", ttl=600))
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        client = KeepAlive(self.port)
         while not self._stop.is_set():
-            try:
-                conn.request("GET", "/t", headers={"authorization": f"Bearer {token}"})
-                resp = conn.getresponse()
-                body = resp.read()
-                status = resp.status
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                status, body = 0, str(exc).encode()
+            status, body = client.get("/t", {"authorization": f"Bearer {token}"})
             with self._lock:
                 self.total += 1
                 if status != 200:

@@ -8,7 +8,6 @@ in the middle, shorter than ``max_stale``. ``EXTAUTHZ_SOAK_SECONDS`` scales the 
 
 from __future__ import annotations
 
-import http.client
 import os
 import random
 import threading
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from extauthz.envoy_process import http_request
+from extauthz.envoy_process import KeepAlive, http_request
 from extauthz.issuer import DevIssuer
 from tests.support.envoy import EnvoyProcess
 from tests.support.jwks_server import JwksServer
@@ -45,7 +44,7 @@ def _client(
     port: int, mint: Callable[[], str], until: float, tally: Tally, reuse_for: float
 ) -> None:
     pool: list[tuple[float, str]] = []  # (minted at, token): reused while still valid
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    client = KeepAlive(port)
     rng = random.Random()
     while time.monotonic() < until:
         now = time.time()
@@ -57,20 +56,12 @@ def _client(
         else:
             minted, token = rng.choice(pool)
             age = now - minted
-        try:
-            conn.request("GET", "/soak", headers={"authorization": f"Bearer {token}"})
-            resp = conn.getresponse()
-            body = resp.read()
-            status = resp.status
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            status, body = 0, str(exc).encode()
+        status, body = client.get("/soak", {"authorization": f"Bearer {token}"})
         with tally.lock:
             tally.total += 1
             if status != 200:
                 tally.false_denies.append((status, body.decode("utf-8", "replace")[:200], age))
-    conn.close()
+    client.close()
 
 
 def traffic(
@@ -188,7 +179,7 @@ def test_random_kid_burst_costs_at_most_one_fetch(rig: Callable[..., Any]) -> No
     started = time.monotonic()
 
     def burst(n: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", envoy.port, timeout=10)
+        client = KeepAlive(envoy.port)
         for i in range(n):
             valid = i % 10 == 0
             token = (
@@ -196,12 +187,10 @@ def test_random_kid_burst_costs_at_most_one_fetch(rig: Callable[..., Any]) -> No
                 if valid
                 else junk.sign(claims(dev.issuer, AUD), kid=uuid.uuid4().hex)
             )
-            conn.request("GET", "/x", headers={"authorization": f"Bearer {token}"})
-            resp = conn.getresponse()
-            resp.read()
+            status, _ = client.get("/x", {"authorization": f"Bearer {token}"})
             with lock:
-                results.append((valid, resp.status))
-        conn.close()
+                results.append((valid, status))
+        client.close()
 
     threads = [threading.Thread(target=burst, args=(140,)) for _ in range(8)]
     for t in threads:
