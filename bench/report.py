@@ -80,6 +80,10 @@ def _ratio(o: Outcome, outcomes: dict[str, Outcome]) -> float | None:
     base = outcomes.get(base_name) if base_name else None
     if o.rps is None or base is None or not base.rps:
         return None
+    if len(o.runs) == len(base.runs):
+        # Paired by repeat: contenders alternate within a repeat, so a run is divided by
+        # its own repeat's baseline, which cancels slow drift of the machine's speed.
+        return statistics.median(r.rps / b.rps for r, b in zip(o.runs, base.runs, strict=True))
     return o.rps / base.rps
 
 
@@ -162,7 +166,9 @@ def markdown(
              + (" — **smoke run: correctness only, figures meaningless**" if smoke else "")
              + f". Each figure is the median of {repeat} run(s) of {duration:g} s; contenders "
              "alternate within each repeat (order reversed on odd repeats), every run starts "
-             "fresh processes and first proves the contender answers correctly. Method: "
+             "fresh processes and first proves the contender answers correctly. A ratio is "
+             "the median of per-repeat ratios (each run over its own repeat's baseline), "
+             "which cancels slow drift of this VM's speed. Method: "
              "[design §9](../../shared/design.md). "
              "Regenerate with `python -m bench`.\n")  # fmt: skip
     if svg_name:
