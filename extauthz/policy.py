@@ -332,10 +332,7 @@ class Policy:
             or token.source not in prov.config.token_sources
         ):
             raise errors.UnknownIssuer()
-        if now >= hit.not_after:
-            raise errors.Expired()
-        if now < hit.not_before:
-            raise errors.NotYetValid()
+        verify.check_window(hit.not_after, hit.not_before, now)
         return hit
 
     def unknown_kid(self, need: NeedKeys) -> Decision:

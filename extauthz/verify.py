@@ -2,7 +2,9 @@
 
 ``parse`` does the cheap, key-free checks; ``verify`` selects the key (by provider,
 then ``kid``; never from ``jku``/``x5u``/``jwk``/``x5c``), checks the signature and the
-claims. ``check_claims`` is separate so a verified-token cache can re-run it on a hit.
+claims. ``check_claims`` derives the validity window once; a verified-token cache keeps
+that window and re-checks only it on a hit (``check_window``): issuer, audience and
+required claims of a given token cannot change.
 All joserfc exceptions are translated here and nowhere else.
 """
 
@@ -99,12 +101,13 @@ class Verified:
     def exp(self) -> float:
         return float(self.claims["exp"])
 
-    def check_window(self, now: float) -> None:
-        """Time claims against `now` (iss, aud and required claims cannot change)."""
-        if now >= self.not_after:
-            raise errors.Expired()
-        if now < self.not_before:
-            raise errors.NotYetValid()
+
+def check_window(not_after: float, not_before: float, now: float) -> None:
+    """A verified token's validity window (skew applied) against `now`."""
+    if now >= not_after:
+        raise errors.Expired()
+    if now < not_before:
+        raise errors.NotYetValid()
 
 
 def parse(token: str) -> Unverified:
@@ -170,8 +173,9 @@ def _numeric(claims: Mapping[str, Any], name: str) -> float | None:
     return number
 
 
-def check_claims(claims: Mapping[str, Any], provider: Provider, now: float) -> None:
-    """Issuer, audience, time and required claims. Cheap: runs on every cache hit too."""
+def check_claims(claims: Mapping[str, Any], provider: Provider, now: float) -> tuple[float, float]:
+    """Issuer, audience, time and required claims. Returns the validity window
+    ``(not_after, not_before)`` with the clock skew applied, for ``check_window``."""
     if claims.get("iss") != provider.issuer:
         raise errors.UnknownIssuer()
     exp = _numeric(claims, "exp")
@@ -202,6 +206,8 @@ def check_claims(claims: Mapping[str, Any], provider: Provider, now: float) -> N
     for name in provider.required_claims:
         if name not in claims:
             raise errors.InvalidClaims(f"claim {name} is required")
+    starts = [v for v in (nbf, iat) if v is not None]
+    return exp + skew, (max(starts) - skew if starts else -math.inf)
 
 
 def verify(token: Unverified, name: str, provider: Provider, keys: KeySet, now: float) -> Verified:
@@ -214,7 +220,7 @@ def verify(token: Unverified, name: str, provider: Provider, keys: KeySet, now: 
     if alg not in provider.algorithms or alg not in _ALGS:
         raise errors.AlgorithmNotAllowed()
     # Claims first: they are cheap and they gate the (rate-limited) unknown-kid refetch.
-    check_claims(token.claims, provider, now)
+    not_after, not_before = check_claims(token.claims, provider, now)
     kid = token.kid
     if kid is not None and kid not in keys.by_kid:
         raise errors.UnknownKey()
@@ -231,17 +237,12 @@ def verify(token: Unverified, name: str, provider: Provider, keys: KeySet, now: 
         except (JoseError, ValueError, TypeError):
             ok = False
         if ok:
-            claims = token.claims
-            skew = provider.clock_skew
-            starts = [
-                v for v in (_numeric(claims, "nbf"), _numeric(claims, "iat")) if v is not None
-            ]
             return Verified(
                 provider=name,
-                claims=claims,
+                claims=token.claims,
                 kid=key.kid,
                 thumbprint=key.thumbprint,
-                not_after=float(claims["exp"]) + skew,
-                not_before=max(starts) - skew if starts else -math.inf,
+                not_after=not_after,
+                not_before=not_before,
             )
     raise errors.BadSignature()

@@ -397,7 +397,7 @@ def test_numeric_date_non_standard_constants(rs: Signer, keys: KeySet, literal: 
 
 
 def test_check_claims_rerun_later_expires(rs: Signer, keys: KeySet) -> None:
-    """A cache hit re-runs check_claims against a later `now`."""
+    """check_claims against a later `now` rejects the same claims once they expire."""
     result = check(rs.sign(good_claims()), keys)
     verify.check_claims(result.claims, PROVIDER, NOW + 300)
     with pytest.raises(errors.Expired):
