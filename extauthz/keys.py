@@ -20,19 +20,17 @@ import asyncio
 import contextlib
 import enum
 import json
-import os
 import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from . import jwks, logs, metrics
+from . import files, jwks, logs, metrics
 from .config import Provider
 from .errors import KeyFetchError
 
@@ -145,9 +143,6 @@ class HttpFetcher:
     def accepted(self, result: Fetched) -> None:
         """Remember validators only once the body proved usable."""
         self._etag, self._last_modified = result.etag, result.last_modified
-        if self._last_modified:
-            with contextlib.suppress(TypeError, ValueError):
-                parsedate_to_datetime(self._last_modified)
 
 
 class FileFetcher:
@@ -157,27 +152,23 @@ class FileFetcher:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._stamp: tuple[int, int, int] | None = None
-        self._pending: tuple[int, int, int] | None = None
+        self._stamp: files.Stamp | None = None
+        self._pending: files.Stamp | None = None
 
     @property
     def where(self) -> str:
         return str(self._path)
 
     def changed(self) -> bool:
-        try:
-            st = os.stat(self._path)
-        except OSError:
-            return False
-        return (st.st_mtime_ns, st.st_size, st.st_ino) != self._stamp
+        now = files.stamp_or_none(self._path)
+        return now is not None and now != self._stamp
 
     async def fetch(self, *, no_cache: bool = False) -> Fetched | object:
         try:
-            st = os.stat(self._path)
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            stamp = files.stamp(self._path)
             if stamp == self._stamp and not no_cache:
                 return NOT_MODIFIED
-            if st.st_size > MAX_JWKS_BYTES:
+            if stamp[1] > MAX_JWKS_BYTES:
                 raise KeyFetchError(f"JWKS file larger than {MAX_JWKS_BYTES} bytes")
             body = self._path.read_bytes()
         except OSError as exc:
@@ -230,13 +221,11 @@ class KeySource:
         self._on_change = on_change
         self._keys: jwks.KeySet | None = None
         self._confirmed_at: float | None = None  # monotonic time of the last good fetch
-        self._last_attempt: float | None = None
         self._last_unknown_kid_fetch: float | None = None
         self._next_due: float = 0.0
         self._failures = 0
         self._inflight: asyncio.Task[bool] | None = None
         self._absent: OrderedDict[str, float] = OrderedDict()
-        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None
         self._ready = asyncio.Event()
@@ -272,7 +261,6 @@ class KeySource:
     # -- fetching ---------------------------------------------------------------------
     async def refresh(self, trigger: str, *, no_cache: bool = False) -> bool:
         """One fetch; True when a good key set is in place afterwards (new or unchanged)."""
-        self._last_attempt = self._clock()
         try:
             result = await self._fetcher.fetch(no_cache=no_cache)
             if result is NOT_MODIFIED:
@@ -398,9 +386,7 @@ class KeySource:
                     delay = min(delay, FileFetcher.poll_interval)
                 if delay <= 0:
                     break
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                await asyncio.sleep(delay)
                 if (
                     is_file
                     and self._keys is not None

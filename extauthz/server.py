@@ -23,7 +23,7 @@ import aiohttp
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from . import __version__, admin, keys, logs, metrics, wire
+from . import __version__, admin, files, keys, logs, metrics, wire
 from . import config as configmod
 from .authorizer import Authorizer
 from .cache import TokenCache
@@ -67,13 +67,13 @@ class _CertFiles:
 
     def __init__(self, tls: TLS) -> None:
         self.tls = tls
-        self._stamp: tuple[float, ...] | None = None
+        self._stamp: tuple[files.Stamp, ...] | None = None
 
     def _paths(self) -> list[Path]:
         return [p for p in (self.tls.cert_file, self.tls.key_file, self.tls.client_ca_file) if p]
 
     def load(self) -> Any:
-        self._stamp = tuple(os.stat(p).st_mtime_ns for p in self._paths())
+        self._stamp = tuple(files.stamp(p) for p in self._paths())
         ca = self.tls.client_ca_file.read_bytes() if self.tls.client_ca_file else None
         return grpc.ssl_server_certificate_configuration(
             [(self.tls.key_file.read_bytes(), self.tls.cert_file.read_bytes())],
@@ -82,7 +82,7 @@ class _CertFiles:
 
     def fetch(self) -> Any:
         try:
-            if tuple(os.stat(p).st_mtime_ns for p in self._paths()) == self._stamp:
+            if tuple(files.stamp(p) for p in self._paths()) == self._stamp:
                 return None
             config = self.load()
         except OSError as exc:
@@ -100,16 +100,6 @@ class _CertFiles:
 _RESTART_ONLY = ("listen", "admin_listen", "workers", "tls")
 
 
-def _stamp(path: Path | None) -> tuple[int, int, int] | None:
-    if path is None:
-        return None
-    try:
-        st = os.stat(path)  # follows symlinks: a Kubernetes ConfigMap swap changes it
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
 class Server:
     """One serving process. ``start`` binds everything; ``stop`` drains."""
 
@@ -125,7 +115,7 @@ class Server:
         self.config = config
         self.config_path = config_path  # watched for live reload when set
         self._overrides = dict(overrides or {})  # server.* set by the supervisor
-        self._config_stamp = _stamp(config_path)
+        self._config_stamp = files.stamp_or_none(config_path) if config_path else None
         self._servicer: AuthorizationServicer | None = None
         self._reuse_port = reuse_port
         self.status_file = status_file  # a worker reports readiness to its supervisor here
@@ -246,7 +236,7 @@ class Server:
         while True:
             tick += 1
             if self.config_path is not None and tick % 5 == 0:
-                stamp = _stamp(self.config_path)
+                stamp = files.stamp_or_none(self.config_path)
                 if stamp is not None and stamp != self._config_stamp:
                     self._config_stamp = stamp
                     await self.reload("file")
