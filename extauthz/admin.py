@@ -55,12 +55,17 @@ def app(status: Status) -> web.Application:
     return application
 
 
-async def start(
-    address: tuple[str, int], status: Status, *, reuse_port: bool = False
+async def serve_app(
+    application: web.Application, host: str, port: int
 ) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app(status), access_log=None)
+    """Run an aiohttp app on host:port (0 picks a free port); returns it and the bound port."""
+    runner = web.AppRunner(application, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, address[0], address[1], reuse_port=reuse_port or None)
+    site = web.TCPSite(runner, host, port)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, int(port)
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, int(bound)
+
+
+async def start(address: tuple[str, int], status: Status) -> tuple[web.AppRunner, int]:
+    return await serve_app(app(status), *address)

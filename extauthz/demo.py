@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import config, issuer, logs
+from . import admin, config, issuer, logs
 from .server import Server
 
 AUDIENCE = "demo-api"
@@ -26,14 +26,6 @@ async def _upstream(request: web.Request) -> web.Response:
     return web.json_response(
         {"upstream": "hello from the demo upstream", "path": request.path_qs, "headers": seen}
     )
-
-
-async def _site(application: web.Application) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(application, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
 
 def demo_config(issuer_url: str, rotate_every: float) -> config.Config:
@@ -79,12 +71,12 @@ async def run(*, port: int = 10000, alg: str = "EdDSA", rotate_every: float = 60
         "http://127.0.0.1", alg=alg, rotate_every=rotate_every or None,
         token_ttl=max(60.0, 2 * (rotate_every or 60.0)),
     )  # fmt: skip
-    iss_runner, iss_port = await _site(issuer.app(dev))
+    iss_runner, iss_port = await admin.serve_app(issuer.app(dev), "127.0.0.1", 0)
     dev.issuer = f"http://127.0.0.1:{iss_port}"  # known only once bound
 
     up_app = web.Application()
     up_app.router.add_route("*", "/{tail:.*}", _upstream)
-    up_runner, up_port = await _site(up_app)
+    up_runner, up_port = await admin.serve_app(up_app, "127.0.0.1", 0)
 
     server = Server(demo_config(dev.issuer, rotate_every or 60.0))
     await server.start()
@@ -104,7 +96,7 @@ async def run(*, port: int = 10000, alg: str = "EdDSA", rotate_every: float = 60
         print(f"Envoy failed to start: {exc}")
 
     valid = dev.mint(sub="alice", aud=AUDIENCE, scope="read")
-    admin = dev.mint(sub="root", aud=AUDIENCE, scope="read admin")
+    admin_token = dev.mint(sub="root", aud=AUDIENCE, scope="read admin")
     now = int(time.time())
     expired = dev.mint(sub="alice", aud=AUDIENCE, claims={"iat": now - 900, "exp": now - 600})
     wrong_aud = dev.mint(sub="alice", aud="someone-else")
@@ -125,7 +117,7 @@ async def run(*, port: int = 10000, alg: str = "EdDSA", rotate_every: float = 60
             ('no token -> 401 WWW-Authenticate: Bearer realm="extauthz"', "/hello", None),
             ("wrong audience -> 401", "/hello", wrong_aud),
             ('token without the admin scope -> 403 "insufficient_scope"', "/admin", valid),
-            ("token with the admin scope -> 200", "/admin", admin),
+            ("token with the admin scope -> 200", "/admin", admin_token),
             ("public path, no token -> 200", "/public/info", None),
         ]
         lines += [f"  envoy        {base}", ""]

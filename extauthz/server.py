@@ -292,8 +292,11 @@ class Server:
                 src.start()
                 started.append(src)
                 sources[name] = src
-        for src in started:  # give new providers a moment to load before they take traffic
-            await src.wait_ready(min(5.0, src.provider.fetch_timeout))
+        # Give new providers a moment (together, not one after another) to load keys
+        # before they take traffic.
+        await asyncio.gather(
+            *(src.wait_ready(min(5.0, src.provider.fetch_timeout)) for src in started)
+        )
         size = new.server.token_cache_size
         # A new policy may shape answers differently: cached decisions must not survive.
         cache = TokenCache(size) if size > 0 else None
