@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,17 +68,7 @@ def parse_h2load(out: str) -> LoadResult:
 
 
 def run_h2load(cmd: list[str], duration: float, log: Path) -> LoadResult:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=False)
-    log.write_text(f"$ {shlex.join(cmd)}\n{proc.stdout}\n{proc.stderr}", encoding="utf-8")
-    if proc.returncode != 0:
-        raise BenchError(f"h2load exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
-    res = parse_h2load(proc.stdout)
-    res.command = shlex.join(cmd)
-    if res.requests == 0 or res.ok == 0:
-        raise BenchError(f"h2load completed no successful request; see {log}")
-    if res.bad:
-        raise BenchError(f"h2load: {res.bad} failed/non-2xx of {res.requests}; see {log}")
-    return res
+    return _run("h2load", cmd, duration, log, parse_h2load, need_ok=True, bad_what="failed/non-2xx")
 
 
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -117,16 +108,33 @@ def parse_wrk(out: str) -> LoadResult:
 
 
 def run_wrk(cmd: list[str], duration: float, log: Path) -> LoadResult:
+    return _run(
+        "wrk", cmd, duration, log, parse_wrk, need_ok=False, bad_what="non-2xx/socket errors"
+    )
+
+
+def _run(
+    tool: str,
+    cmd: list[str],
+    duration: float,
+    log: Path,
+    parse: Callable[[str], LoadResult],
+    *,
+    need_ok: bool,
+    bad_what: str,
+) -> LoadResult:
+    """Run a load generator, keep its output, and refuse a run with any failed request."""
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=False)
     log.write_text(f"$ {shlex.join(cmd)}\n{proc.stdout}\n{proc.stderr}", encoding="utf-8")
     if proc.returncode != 0:
-        raise BenchError(f"wrk exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
-    res = parse_wrk(proc.stdout)
+        raise BenchError(f"{tool} exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
+    res = parse(proc.stdout)
     res.command = shlex.join(cmd)
-    if res.requests == 0:
-        raise BenchError(f"wrk completed no request; see {log}")
+    if res.requests == 0 or (need_ok and res.ok == 0):
+        what = "successful request" if need_ok else "request"
+        raise BenchError(f"{tool} completed no {what}; see {log}")
     if res.bad:
-        raise BenchError(f"wrk: {res.bad} non-2xx/socket errors of {res.requests}; see {log}")
+        raise BenchError(f"{tool}: {res.bad} {bad_what} of {res.requests}; see {log}")
     return res
 
 

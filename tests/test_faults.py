@@ -22,6 +22,7 @@ from tests.support.certs import CA
 from tests.support.envoy import EnvoyProcess
 from tests.support.evil_http import EvilHttp
 from tests.support.jwks_server import JwksServer
+from tests.support.serve import ServeProcess
 from tests.support.server import ServerThread
 from tests.support.signing import Signer, claims, jwks
 from tests.support.upstream import EchoUpstream
@@ -140,8 +141,6 @@ def test_envoy_deadline_shorter_than_the_unknown_kid_wait() -> None:
 def test_cpu_starvation_never_produces_a_wrong_allow(tmp_path: Path) -> None:
     """extauthz pinned to one core shared with busy processes: answers may come late
     (Envoy then fails closed with 503), but an invalid token is never allowed."""
-    from tests.test_lifecycle import Proc
-
     hogs = [
         subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", "while True: pass"])
         for _ in range(3)
@@ -159,7 +158,7 @@ def test_cpu_starvation_never_produces_a_wrong_allow(tmp_path: Path) -> None:
                     "p": {"issuer": ISS, "audiences": ["api"], "jwks_uri": keyserver.url}
                 },
             }
-            server = Proc(tmp_path, "starved", cfg, prefix=("taskset", "-c", "0"))
+            server = ServeProcess(tmp_path, "starved", cfg, prefix=("taskset", "-c", "0"))
             with (
                 EchoUpstream() as up,
                 EnvoyProcess(

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from extauthz.envoy_process import KeepAlive, http_request
+from extauthz.envoy_process import KeepAlive
 from tests.support.envoy import EnvoyProcess
 from tests.support.jwks_server import JwksServer
+from tests.support.serve import ServeProcess
 from tests.support.server import wait_for
 from tests.support.signing import Signer, claims, jwks
 from tests.support.upstream import EchoUpstream
@@ -26,59 +23,6 @@ pytestmark = pytest.mark.envoy
 
 ISS = "https://issuer.example"
 SIGNER = Signer("ES256")
-
-
-class Proc:
-    """`extauthz serve` as a subprocess with JSON logs in a file."""
-
-    def __init__(
-        self,
-        tmp: Path,
-        name: str,
-        cfg: dict[str, Any],
-        env: dict[str, str] | None = None,
-        prefix: tuple[str, ...] = (),
-    ) -> None:
-        self.config = tmp / f"{name}.yaml"
-        self.log = tmp / f"{name}.log"
-        self.write(cfg)
-        self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "extauthz", "serve", "--config", str(self.config)],
-            stderr=self.log.open("w"),
-            env={**os.environ, "EXTAUTHZ_LOG_FORMAT": "json", **(env or {})},
-        )
-        wait_for(lambda: self.event("started") is not None, 30, f"{name} start")
-        started = self.event("started")
-        assert started is not None
-        self.grpc_port = int(started["grpc"].rpartition(":")[2])
-        self.admin_port = int(started["admin"].rpartition(":")[2]) if started["admin"] else 0
-
-    def write(self, cfg: dict[str, Any]) -> None:
-        tmp = self.config.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump(cfg) if isinstance(cfg, dict) else cfg)
-        tmp.replace(self.config)  # atomic, like a ConfigMap update
-
-    def events(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log.read_text().splitlines():
-            if line.startswith("{"):
-                out.append(json.loads(line))
-        return out
-
-    def event(self, name: str) -> dict[str, Any] | None:
-        return next((e for e in reversed(self.events()) if e.get("event") == name), None)
-
-    def count(self, name: str) -> int:
-        return sum(e.get("event") == name for e in self.events())
-
-    def metric(self, prefix: str) -> float:
-        text = http_request("127.0.0.1", self.admin_port, "GET", "/metrics").text
-        return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(prefix))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def base_config(url: str, **server: Any) -> dict[str, Any]:
@@ -142,7 +86,7 @@ def keys() -> Iterator[JwksServer]:
 
 def test_reload_under_traffic_with_zero_failed_checks(tmp_path: Path, keys: JwksServer) -> None:
     cfg = base_config(keys.url)
-    server = Proc(tmp_path, "a", cfg)
+    server = ServeProcess(tmp_path, "a", cfg)
     try:
         with (
             EchoUpstream() as up,
@@ -222,8 +166,8 @@ def _two_endpoints(ports: list[int]) -> Callable[[dict[str, Any]], None]:
 def test_sigterm_under_traffic_with_a_second_replica_fails_no_check(
     tmp_path: Path, keys: JwksServer
 ) -> None:
-    a = Proc(tmp_path, "a", base_config(keys.url, shutdown_delay="1500ms"))
-    b = Proc(tmp_path, "b", base_config(keys.url, shutdown_delay="1500ms"))
+    a = ServeProcess(tmp_path, "a", base_config(keys.url, shutdown_delay="1500ms"))
+    b = ServeProcess(tmp_path, "b", base_config(keys.url, shutdown_delay="1500ms"))
     try:
         with (
             EchoUpstream() as up,

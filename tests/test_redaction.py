@@ -9,9 +9,9 @@ import pytest
 
 from tests.support.envoy import EnvoyProcess
 from tests.support.jwks_server import JwksServer
+from tests.support.serve import ServeProcess
 from tests.support.signing import Signer, claims, jwks
 from tests.support.upstream import EchoUpstream
-from tests.test_lifecycle import Proc
 
 pytestmark = pytest.mark.envoy
 
@@ -60,7 +60,7 @@ def test_logs_never_contain_tokens_cookies_or_claims(tmp_path: Path) -> None:
     with JwksServer(jwks(signer)) as keys:
         cfg["providers"]["main"]["jwks_uri"] = keys.url  # type: ignore[index]
         # Debug level: allowed requests are logged too.
-        server = Proc(tmp_path, "redact", cfg, env={"EXTAUTHZ_LOG_LEVEL": "debug"})
+        server = ServeProcess(tmp_path, "redact", cfg, env={"EXTAUTHZ_LOG_LEVEL": "debug"})
         try:
             with (
                 EchoUpstream() as up,
@@ -96,7 +96,7 @@ def test_debug_logging_of_allows_is_redacted_too(tmp_path: Path) -> None:
         "server": {"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0"},
         "providers": {"main": {"issuer": ISS, "audiences": ["api"], "jwks": jwks(signer)}},
     }
-    server = Proc(tmp_path, "debug", cfg, env={"EXTAUTHZ_LOG_LEVEL": "debug"})
+    server = ServeProcess(tmp_path, "debug", cfg, env={"EXTAUTHZ_LOG_LEVEL": "debug"})
     try:
         with (
             EchoUpstream() as up,

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +11,6 @@ from typing import Any
 
 import grpc
 import pytest
-import yaml
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -23,6 +19,7 @@ from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2 as pb
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from extauthz.envoy_process import http_request
 from tests.support.jwks_server import JwksServer
+from tests.support.serve import ServeProcess
 from tests.support.server import ServerThread, wait_for
 from tests.support.signing import Signer, claims, jwks
 
@@ -214,43 +211,20 @@ def test_random_kid_storm_costs_one_fetch(keys: JwksServer) -> None:
 
 def test_sigterm_drains_and_exits_zero(tmp_path: Path, keys: JwksServer) -> None:
     cfg = config(keys.url)
-    cfg["server"]["listen"] = "127.0.0.1:0"
     cfg["server"]["admin_listen"] = None
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    log = open(tmp_path / "server.log", "w+")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "extauthz", "serve", "--config", str(path)],
-        stderr=log,
-        env={**os.environ, "EXTAUTHZ_LOG_FORMAT": "json"},
-    )
+    server = ServeProcess(tmp_path, "sigterm", cfg)
     try:
-
-        def started() -> dict[str, Any] | None:
-            log.seek(0)
-            for line in log:
-                if '"event": "started"' in line:
-                    return dict(json.loads(line))
-            assert proc.poll() is None, "server exited during startup"
-            return None
-
-        wait_for(lambda: started() is not None, 20, "startup log line")
-        info = started()
-        assert info is not None
-        client = Client(int(info["grpc"].rpartition(":")[2]))
+        client = Client(server.grpc_port)
         wait_for(lambda: client.serving(), 20, "SERVING")
         assert client.check(bearer()).status.code == 0
         t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=20) == 0
         assert time.monotonic() - t0 < 10
-        log.seek(0)
-        events = [json.loads(line)["event"] for line in log if line.startswith("{")]
+        events = [e["event"] for e in server.events()]
         assert "draining" in events and events[-1] == "stopped"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 def test_removed_key_denies_even_a_token_accepted_before(keys: JwksServer) -> None:

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import grpc
-import yaml
 
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from extauthz.envoy_process import http_request
+from tests.support.serve import ServeProcess
 from tests.support.server import wait_for
 from tests.support.signing import Signer, claims, jwks
 from tests.test_server import check_request
@@ -23,32 +20,17 @@ ISS = "https://issuer.example"
 SIGNER = Signer("EdDSA")
 
 
-def _started(log: Path) -> dict[str, Any] | None:
-    for line in log.read_text().splitlines():
-        if line.startswith("{") and json.loads(line).get("event") == "started":
-            return dict(json.loads(line))
-    return None
-
-
 def test_two_workers_share_the_port_aggregate_metrics_and_restart(tmp_path: Path) -> None:
     cfg = {
         "server": {"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0", "workers": 2},
         "providers": {"p": {"issuer": ISS, "audiences": ["api"], "jwks": jwks(SIGNER)}},
     }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    log = tmp_path / "log.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "extauthz", "serve", "--config", str(path)],
-        stderr=log.open("w"),
-        env={**os.environ, "EXTAUTHZ_LOG_FORMAT": "json"},
-    )
+    server = ServeProcess(tmp_path, "workers", cfg)
+    proc = server.proc
     try:
-        wait_for(lambda: _started(log) is not None, 30, "supervisor start")
-        info = _started(log)
+        info = server.event("started")
         assert info is not None and info["workers"] == 2
-        grpc_port = int(info["grpc"].rpartition(":")[2])
-        admin_port = int(info["admin"].rpartition(":")[2])
+        grpc_port, admin_port = server.grpc_port, server.admin_port
 
         def readyz() -> Any:
             return http_request("127.0.0.1", admin_port, "GET", "/readyz")
@@ -92,9 +74,7 @@ def test_two_workers_share_the_port_aggregate_metrics_and_restart(tmp_path: Path
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-        events = [json.loads(x)["event"] for x in log.read_text().splitlines() if x[:1] == "{"]
+        events = [e["event"] for e in server.events()]
         assert "worker_died" in events and events[-1] == "stopped"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        server.stop()

@@ -1,0 +1,72 @@
+"""`extauthz serve` as a real subprocess, as an operator runs it (JSON logs in a file)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from extauthz.envoy_process import http_request
+from tests.support.server import wait_for
+
+
+class ServeProcess:
+    """`extauthz serve` as a subprocess with JSON logs in a file."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        name: str,
+        cfg: dict[str, Any],
+        env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
+        self.config = tmp / f"{name}.yaml"
+        self.log = tmp / f"{name}.log"
+        self.write(cfg)
+        self.proc = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "extauthz", "serve", "--config", str(self.config)],
+            stderr=self.log.open("w"),
+            env={**os.environ, "EXTAUTHZ_LOG_FORMAT": "json", **(env or {})},
+        )
+        wait_for(self._started, 30, f"{name} start")
+        started = self.event("started")
+        assert started is not None
+        self.grpc_port = int(started["grpc"].rpartition(":")[2])
+        self.admin_port = int(started["admin"].rpartition(":")[2]) if started["admin"] else 0
+
+    def _started(self) -> bool:
+        assert self.proc.poll() is None, f"extauthz exited during startup: {self.log.read_text()}"
+        return self.event("started") is not None
+
+    def write(self, cfg: dict[str, Any]) -> None:
+        tmp = self.config.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(cfg) if isinstance(cfg, dict) else cfg)
+        tmp.replace(self.config)  # atomic, like a ConfigMap update
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log.read_text().splitlines():
+            if line.startswith("{"):
+                out.append(json.loads(line))
+        return out
+
+    def event(self, name: str) -> dict[str, Any] | None:
+        return next((e for e in reversed(self.events()) if e.get("event") == name), None)
+
+    def count(self, name: str) -> int:
+        return sum(e.get("event") == name for e in self.events())
+
+    def metric(self, prefix: str) -> float:
+        text = http_request("127.0.0.1", self.admin_port, "GET", "/metrics").text
+        return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(prefix))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
