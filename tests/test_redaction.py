@@ -57,30 +57,45 @@ def test_logs_never_contain_tokens_cookies_or_claims(tmp_path: Path) -> None:
         "garbage": "eyJhbGciOiJSUzI1NiJ9.not-json.sig",
     }
     tokens["unknown_kid"] = signer.sign(claims(ISS, "api", private=SECRET_CLAIM), kid="nope")
+    # What each request must get, so a failure names the request (and a deny that
+    # never reached extauthz cannot pass for a logged one).
+    expected = {
+        "valid": 200, "expired": 401, "wrong_aud": 401, "bad_sig": 401, "unknown_kid": 401,
+        "cookie": 200, "query": 200, "scope": 403, "garbage": 401,
+    }  # fmt: skip
+    # A second, different token (its own jti: two mints in one second sign the same bytes).
+    other = mint(jti="second-token")
+    statuses: dict[str, int] = {}
     with JwksServer(jwks(signer)) as keys:
         cfg["providers"]["main"]["jwks_uri"] = keys.url  # type: ignore[index]
         # Debug level: allowed requests are logged too.
         server = ServeProcess(tmp_path, "redact", cfg, env={"EXTAUTHZ_LOG_LEVEL": "debug"})
         try:
+            server.wait_ready()
             with (
                 EchoUpstream() as up,
                 EnvoyProcess(extauthz_port=server.grpc_port, upstream_port=up.port) as envoy,
             ):
                 for name, token in tokens.items():
                     if name == "cookie":
-                        envoy.request("GET", "/x", headers={"cookie": f"a=1; session={token}"})
+                        r = envoy.request("GET", "/x", headers={"cookie": f"a=1; session={token}"})
                     elif name == "query":
-                        envoy.request("GET", f"/x?access_token={token}")
+                        r = envoy.request("GET", f"/x?access_token={token}")
                     elif name == "scope":
-                        envoy.request("GET", "/admin", headers={"authorization": f"Bearer {token}"})
+                        r = envoy.request(
+                            "GET", "/admin", headers={"authorization": f"Bearer {token}"}
+                        )
                     else:
-                        envoy.request("GET", "/x", headers={"authorization": f"Bearer {token}"})
-                two = {"authorization": f"Bearer {tokens['valid']}", "cookie": f"session={mint()}"}
-                envoy.request("GET", "/x", headers=two)
+                        r = envoy.request("GET", "/x", headers={"authorization": f"Bearer {token}"})
+                    statuses[name] = r.status
+                two = {"authorization": f"Bearer {tokens['valid']}", "cookie": f"session={other}"}
+                statuses["two_tokens"] = envoy.request("GET", "/x", headers=two).status
         finally:
             server.stop()
+    assert statuses == {**expected, "two_tokens": 400}
     log = server.log.read_text()
-    assert log.count('"event": "denied"') >= 7, log[-2000:]
+    denials = sum(status != 200 for status in statuses.values())
+    assert log.count('"event": "denied"') == denials, log[-2000:]
     for name, token in tokens.items():
         for i, part in enumerate(token.split(".")):
             if len(part) >= 16:
@@ -102,6 +117,7 @@ def test_debug_logging_of_allows_is_redacted_too(tmp_path: Path) -> None:
             EchoUpstream() as up,
             EnvoyProcess(extauthz_port=server.grpc_port, upstream_port=up.port) as envoy,
         ):
+            server.wait_ready()
             assert (
                 envoy.request("GET", "/x", headers={"authorization": f"Bearer {token}"}).status
                 == 200

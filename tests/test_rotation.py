@@ -15,15 +15,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from extauthz.envoy_process import KeepAlive, http_request
+from extauthz.envoy_process import KeepAlive
 from extauthz.issuer import DevIssuer
 from tests.support.envoy import EnvoyProcess
 from tests.support.jwks_server import JwksServer
-from tests.support.server import ServerThread
+from tests.support.serve import ServeProcess
 from tests.support.signing import Signer, claims
 from tests.support.upstream import EchoUpstream
 
@@ -82,8 +83,14 @@ def traffic(
 
 
 @pytest.fixture
-def rig() -> Iterator[Callable[..., Any]]:
-    """Build issuer + JWKS server + extauthz + Envoy; yields a factory."""
+def rig(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Build issuer + JWKS server + extauthz + Envoy; yields a factory.
+
+    extauthz runs in its own process, as in production: in this process it would share
+    the interpreter lock with the client threads below, and on a busy machine its
+    answers would wait behind them past Envoy's timeout (a 503 that says nothing about
+    extauthz). The JWKS server stays here so the test can break it on purpose.
+    """
     stack: list[Any] = []
 
     def make(rotate_every: float, token_ttl: float, **provider: Any) -> tuple[Any, ...]:
@@ -105,7 +112,7 @@ def rig() -> Iterator[Callable[..., Any]]:
                 }
             },
         }
-        server = ServerThread(cfg).__enter__()
+        server = ServeProcess(tmp_path, "rotation", cfg)
         stack.append(server)
         server.wait_ready()
         upstream = EchoUpstream().__enter__()
@@ -117,16 +124,10 @@ def rig() -> Iterator[Callable[..., Any]]:
 
     yield make
     for part in reversed(stack):
-        part.__exit__(None, None, None)
-
-
-def _metric(server: ServerThread, name: str) -> float:
-    text = http_request("127.0.0.1", server.server.admin_port, "GET", "/metrics").text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+        if isinstance(part, ServeProcess):
+            part.stop()
+        else:
+            part.__exit__(None, None, None)
 
 
 def test_rotation_under_traffic_has_zero_false_denies(rig: Callable[..., Any]) -> None:
@@ -164,7 +165,7 @@ def test_jwks_outage_within_max_stale_has_zero_false_denies(rig: Callable[..., A
     tally = traffic(envoy.port, lambda: dev.mint(aud=AUD), SOAK, ttl=SOAK / 3)
     chaos.join()
     assert outages and outages[0] >= 0.8 * period
-    assert _metric(server, 'extauthz_jwks_fetch_total{provider="dev",result="error"') >= 1
+    assert server.metric('extauthz_jwks_fetch_total{provider="dev",result="error"') >= 1
     assert tally.total > 100
     assert tally.false_denies == [], f"{len(tally.false_denies)}/{tally.total} false denies"
 
@@ -204,4 +205,4 @@ def test_random_kid_burst_costs_at_most_one_fetch(rig: Callable[..., Any]) -> No
     assert {s for v, s in results if v} == {200}, "valid traffic was affected"
     allowed = 1 + int(elapsed / 2)  # one per min_refresh_interval
     assert keys.fetches - before <= allowed
-    assert _metric(server, 'extauthz_unknown_kid_total{provider="dev"}') >= 1000
+    assert server.metric('extauthz_unknown_kid_total{provider="dev"}') >= 1000

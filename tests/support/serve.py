@@ -44,6 +44,16 @@ class ServeProcess:
         assert self.proc.poll() is None, f"extauthz exited during startup: {self.log.read_text()}"
         return self.event("started") is not None
 
+    def ready(self) -> bool:
+        try:
+            return http_request("127.0.0.1", self.admin_port, "GET", "/readyz").status == 200
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Every provider has keys (before that, a valid token is a 503)."""
+        wait_for(self.ready, timeout, "extauthz readiness (/readyz 200)")
+
     def write(self, cfg: dict[str, Any]) -> None:
         tmp = self.config.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump(cfg) if isinstance(cfg, dict) else cfg)
