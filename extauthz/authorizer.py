@@ -14,12 +14,16 @@ from collections.abc import Callable, Mapping
 from . import errors, logs, metrics
 from .jwks import KeySet
 from .keys import KeySource
-from .policy import AuthRequest, Decision, NeedKeys, Policy
+from .policy import CONTEXT_RULE_KEY, AuthRequest, Decision, NeedKeys, Policy
 
 _log = logs.get("extauthz.decision")
 
 #: Longest a request waits for an unknown-kid refetch (also capped by its deadline).
 UNKNOWN_KID_WAIT = 1.0
+#: Ignored context_extensions keys named in the log (each once); a bound, since the
+#: keys come from the proxy's configuration.
+MAX_NAMED_EXTENSIONS = 64
+_UNKNOWN_EXTENSIONS: set[str] = set()
 
 
 class Authorizer:
@@ -44,15 +48,24 @@ class Authorizer:
         return all(s.usable() is not None for s in self.sources.values())
 
     async def check(self, req: AuthRequest, time_remaining: float | None = None) -> Decision:
-        started = time.perf_counter()
+        """The decision for one request; never raises (a bug becomes a logged 503 deny).
+
+        The front door encodes it, then calls :meth:`record` with what it actually sent.
+        """
         try:
+            if req.context_extensions:
+                self._note_extensions(req.context_extensions)
             try:
-                decision = self.policy.decide(req, self._keys, self._clock())
+                return self.policy.decide(req, self._keys, self._clock())
             except NeedKeys as need:
-                decision = await self._after_refetch(req, need, time_remaining)
+                return await self._after_refetch(req, need, time_remaining)
         except Exception:  # fail closed on bugs; never let an exception reach Envoy
             _log.exception("check_failed", request_id=req.request_id)
-            decision = self.policy.deny(errors.InternalError())
+            return self.policy.deny(errors.InternalError())
+
+    def record(self, req: AuthRequest, decision: Decision, started: float) -> None:
+        """Metrics and the log line for the answer a front door sent (``started`` is a
+        ``time.perf_counter()`` reading taken when the request arrived)."""
         metrics.CHECK_DURATION.observe(time.perf_counter() - started)
         metrics.check_counter(
             "allow" if decision.allowed else "deny",
@@ -74,7 +87,23 @@ class Authorizer:
                 sub=decision.sub,
                 request_id=req.request_id,
             )
-        return decision
+
+    @staticmethod
+    def _note_extensions(extensions: Mapping[str, str]) -> None:
+        """Name each context_extensions key extauthz does not read, once per process:
+        a route that sets ``required_scope: admin`` believes in a check that never runs."""
+        for key in extensions:
+            if (
+                key != CONTEXT_RULE_KEY
+                and key not in _UNKNOWN_EXTENSIONS
+                and len(_UNKNOWN_EXTENSIONS) < MAX_NAMED_EXTENSIONS
+            ):
+                _UNKNOWN_EXTENSIONS.add(key)
+                _log.warning(
+                    "context_extension_ignored",
+                    key=key,
+                    hint=f"extauthz reads only {CONTEXT_RULE_KEY!r} from context_extensions",
+                )
 
     async def _after_refetch(
         self, req: AuthRequest, need: NeedKeys, time_remaining: float | None

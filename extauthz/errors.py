@@ -121,6 +121,14 @@ class InvalidClaims(InvalidToken):
     description = "token claims invalid"
 
 
+class UnforwardableClaim(InvalidToken):
+    """A verified claim that no header value can carry faithfully (control characters,
+    or whitespace HTTP would trim): refused rather than altered."""
+
+    reason = "unforwardable_claim"
+    description = "a claim cannot be sent as a header"
+
+
 class InvalidRequest(Denied):
     http_status = 400
     grpc_code = INVALID_ARGUMENT

@@ -15,7 +15,9 @@ from typing import Any
 
 from joserfc import jwk
 from joserfc.errors import JoseError
+from joserfc.util import urlsafe_b64decode
 
+from . import curves
 from .errors import KeyFetchError
 
 # alg -> (kty, allowed curves or None). Enforced before any signature check, so an
@@ -33,7 +35,14 @@ ALG_KEY_TYPES: Mapping[str, tuple[str, frozenset[str] | None]] = MappingProxyTyp
     }
 )
 
+#: Default smallest RSA modulus accepted (``providers.<name>.min_rsa_bits``).
 MIN_RSA_BITS = 2048
+#: RFC 7518 §3.2: an HMAC key must be at least as long as the hash output.
+HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+#: A token without ``kid`` is tried against at most this many keys (the first ones of
+#: the JWKS, in order, whose type fits its ``alg``): a large JWKS must not turn one
+#: request into hundreds of signature checks on the event loop.
+MAX_KIDLESS_CANDIDATES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +53,7 @@ class VerifyKey:
     alg: str | None  # the JWK's own `alg`, when published
     key: Any = field(repr=False)  # a joserfc Key
     thumbprint: str = ""
+    size: int = 0  # bytes of an `oct` key (its hash must not be longer)
 
     def accepts(self, alg: str) -> bool:
         """Key type, curve and the JWK's own `alg` must all match the token's `alg`."""
@@ -51,6 +61,8 @@ class VerifyKey:
         if want is None or want[0] != self.kty:
             return False
         if want[1] is not None and self.crv not in want[1]:
+            return False
+        if self.kty == "oct" and self.size < HMAC_MIN_BYTES.get(alg, 0):
             return False
         return self.alg is None or self.alg == alg
 
@@ -70,14 +82,50 @@ class KeySet:
 
     def candidates(self, kid: str | None, alg: str) -> tuple[VerifyKey, ...]:
         """Keys that may verify a token with this header; kid is only a lookup key."""
-        pool = self.keys if kid is None else self.by_kid.get(kid, ())
-        return tuple(k for k in pool if k.accepts(alg))
+        if kid is not None:
+            return tuple(k for k in self.by_kid.get(kid, ()) if k.accepts(alg))
+        fitting = (k for k in self.keys if k.accepts(alg))
+        return tuple(k for _, k in zip(range(MAX_KIDLESS_CANDIDATES), fitting, strict=False))
 
 
 EMPTY = KeySet((), MappingProxyType({}))
 
 
-def _one_key(data: Mapping[str, Any], allow_symmetric: bool) -> VerifyKey:
+def _b64(value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise ValueError("key member is not a string")
+    try:
+        return urlsafe_b64decode(value.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raise ValueError("key member is not base64url") from None
+
+
+def _refuse_weak(data: Mapping[str, Any], key: Any, min_rsa_bits: int) -> int:
+    """Raise ValueError for keys that would verify forgeries or are too weak; returns
+    the size in bytes of an ``oct`` key (0 otherwise)."""
+    kty = key.key_type
+    if kty == "RSA":
+        bits = key.public_key.key_size
+        if bits < min_rsa_bits:
+            raise ValueError(f"RSA key of {bits} bits is below {min_rsa_bits} (min_rsa_bits)")
+    elif kty == "OKP":
+        crv = data.get("crv")
+        if crv not in curves.CURVES:
+            raise ValueError(f"OKP curve {crv!r} is not a signature curve")
+        why = curves.degenerate(crv, _b64(data.get("x")))
+        if why is not None:
+            raise ValueError(why)
+    elif kty == "oct":
+        size = len(key.raw_value)
+        alg = data.get("alg")
+        need = HMAC_MIN_BYTES.get(alg, HMAC_MIN_BYTES["HS256"]) if isinstance(alg, str) else 32
+        if size < need:
+            raise ValueError(f"oct key of {size} bytes is shorter than its hash ({need} bytes)")
+        return size
+    return 0
+
+
+def _one_key(data: Mapping[str, Any], allow_symmetric: bool, min_rsa_bits: int) -> VerifyKey:
     use = data.get("use")
     if use is not None and use != "sig":
         raise ValueError(f"use is {use!r}, not 'sig'")
@@ -100,15 +148,15 @@ def _one_key(data: Mapping[str, Any], allow_symmetric: bool) -> VerifyKey:
         public = dict(data)  # symmetric keys are secret by nature
     try:
         key = jwk.import_key(public)
-    except (JoseError, ValueError, TypeError, KeyError) as exc:
-        raise ValueError(f"cannot import: {exc.__class__.__name__}") from None
+    except (JoseError, ValueError, TypeError, KeyError):
+        # No library text here: it could echo key material into the logs.
+        if kty == "EC" and all(isinstance(data.get(m), str) for m in ("crv", "x", "y")):
+            raise ValueError(f"not a point on curve {data.get('crv')}") from None
+        raise ValueError(
+            f"cannot import the {kty or 'untyped'} key (missing or malformed members)"
+        ) from None
+    size = _refuse_weak(data, key, min_rsa_bits)
     crv = data.get("crv")
-    if isinstance(key, jwk.RSAKey):
-        bits = key.public_key.key_size
-        if bits < MIN_RSA_BITS:
-            raise ValueError(f"RSA key of {bits} bits is below {MIN_RSA_BITS}")
-    if key.key_type == "OKP" and crv not in ("Ed25519", "Ed448"):
-        raise ValueError(f"OKP curve {crv!r} is not a signature curve")
     return VerifyKey(
         kid=kid,
         kty=key.key_type,
@@ -116,10 +164,16 @@ def _one_key(data: Mapping[str, Any], allow_symmetric: bool) -> VerifyKey:
         alg=alg,
         key=key,
         thumbprint=key.thumbprint(),
+        size=size,
     )
 
 
-def parse(document: bytes | str | Mapping[str, Any], *, allow_symmetric: bool = True) -> KeySet:
+def parse(
+    document: bytes | str | Mapping[str, Any],
+    *,
+    allow_symmetric: bool = True,
+    min_rsa_bits: int = MIN_RSA_BITS,
+) -> KeySet:
     """Parse a JWKS. Raises KeyFetchError when no usable key is left."""
     if isinstance(document, bytes | str):
         try:
@@ -136,7 +190,7 @@ def parse(document: bytes | str | Mapping[str, Any], *, allow_symmetric: bool = 
             skipped.append((label, "not an object"))
             continue
         try:
-            keys.append(_one_key(item, allow_symmetric))
+            keys.append(_one_key(item, allow_symmetric, min_rsa_bits))
         except ValueError as exc:
             skipped.append((label, str(exc)))
     if not keys:

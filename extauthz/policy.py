@@ -51,6 +51,7 @@ class Decision:
     scope: str = ""
     set_headers: tuple[tuple[str, str], ...] = ()
     remove_headers: tuple[str, ...] = ()
+    remove_query: tuple[str, ...] = ()  # query parameters removed before proxying
     metadata: Mapping[str, Any] | None = field(default=None, repr=False)
     # The wire adapter's encoding of this decision, by realm (reused on cache hits).
     encoded: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
@@ -79,33 +80,53 @@ class UnknownRule(errors.NoRuleMatched):
 _CTRL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+class UnsafeHeaderValue(ValueError):
+    """A claim that no header value can carry faithfully."""
+
+
+def _joinable(value: list[Any]) -> bool:
+    """A list that joined by spaces can be split back into the same list."""
+    return all(
+        (isinstance(v, str) and v and " " not in v)
+        or (isinstance(v, int | float) and not isinstance(v, bool))
+        for v in value
+    )
+
+
 def header_value(value: Any) -> str:
-    """Render a claim for a header: lists joined by spaces, objects as JSON, no controls."""
+    """Render a claim for an identity header, or raise UnsafeHeaderValue.
+
+    Strings and numbers as they are; a list of space-free strings and numbers joined
+    by single spaces (like ``scope``); anything else as compact JSON (control characters
+    escaped). Never lossy: a value with a control character, or with leading or trailing
+    whitespace (which HTTP trims), is refused rather than stripped, so two different
+    identities can never reach the upstream as one header value.
+    """
     if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, str):
+        return "true" if value else "false"
+    if isinstance(value, str):
         text = value
     elif isinstance(value, int | float):
         text = json.dumps(value)
-    elif isinstance(value, list) and all(
-        isinstance(v, str | int | float) and not isinstance(v, bool) for v in value
-    ):
+    elif isinstance(value, list) and _joinable(value):
         text = " ".join(v if isinstance(v, str) else json.dumps(v) for v in value)
     else:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=True)
-    return _CTRL.sub("", text)
+    if _CTRL.search(text) or text != text.strip(" \t"):
+        raise UnsafeHeaderValue()
+    return text
 
 
 def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
-    scope = claims.get("scope")
+    """Scopes from ``scope`` (RFC 6749 §3.3: delimited by ASCII space, and nothing else:
+    a no-break space or U+3000 inside a scope string is part of a scope) or ``scp``."""
     out: set[str] = set()
-    if isinstance(scope, str):
-        out.update(scope.split())
-    scp = claims.get("scp")
-    if isinstance(scp, list):
-        out.update(s for s in scp if isinstance(s, str))
-    elif isinstance(scp, str):
-        out.update(scp.split())
+    for name in ("scope", "scp"):
+        value = claims.get(name)
+        if isinstance(value, str):
+            out.update(s for s in value.split(" ") if s)
+        elif isinstance(value, list) and name == "scp":
+            out.update(s for s in value if isinstance(s, str) and s)
     return frozenset(out)
 
 
@@ -124,17 +145,6 @@ class _Rule:
     sources: tuple[TokenSource, ...]
 
 
-def _host_only(host: str) -> str:
-    """``Host``/``:authority`` without its port (``[::1]:8080`` -> ``[::1]``)."""
-    host = host.lower()
-    if host.startswith("["):
-        return host.partition("]")[0] + "]"
-    name, sep, port = host.rpartition(":")
-    if sep and port.isdigit() and ":" not in name:
-        return name
-    return host
-
-
 def _matcher(rule: Rule) -> Callable[[AuthRequest, str], bool]:
     m = rule.match
     regex = compile_regex(m.path_regex) if m.path_regex is not None else None
@@ -146,7 +156,7 @@ def _matcher(rule: Rule) -> Callable[[AuthRequest, str], bool]:
     def matches(req: AuthRequest, path: str) -> bool:
         if methods is not None and req.method.upper() not in methods:
             return False
-        if hosts is not None and _host_only(req.host) not in hosts:
+        if hosts is not None and paths.host_name(req.host) not in hosts:
             return False
         if m.path_exact is not None:
             return path == m.path_exact
@@ -284,6 +294,7 @@ class Policy:
                                   verified.not_after, verified.not_before)  # fmt: skip
                     self.cache.put(key, entry)
             self._check_rule(rule.rule, verified.claims)
+            decision = self._allow(req, rule.rule, prov, token, verified)
         except errors.Denied as exc:
             sub = verified.claims.get("sub") if verified is not None else None
             return self.deny(
@@ -294,8 +305,9 @@ class Policy:
                 iss=iss,
                 sub=sub if isinstance(sub, str) else None,
             )
-        decision = self._allow(rule.rule, prov, token, verified)
-        if self.cache is not None:
+        if self.cache is not None and (prov.config.forward_token or token.source.cookie is None):
+            # (A rewritten cookie header depends on the request's other cookies: such an
+            # answer is never reused for another request.)
             self.cache.memo_put(memo_key, decision)
         return decision
 
@@ -356,14 +368,25 @@ class Policy:
                 )
 
     def _allow(
-        self, rule: Rule, prov: _Provider, token: tokens.Found, verified: verify.Verified
+        self,
+        req: AuthRequest,
+        rule: Rule,
+        prov: _Provider,
+        token: tokens.Found,
+        verified: verify.Verified,
     ) -> Decision:
         cfg = prov.config
         claims = verified.claims
         sets: list[tuple[str, str]] = []
         for header, claim in cfg.claims_to_headers.items():
             if claim in claims and claims[claim] is not None:
-                sets.append((header, header_value(claims[claim])))
+                try:
+                    sets.append((header, header_value(claims[claim])))
+                except UnsafeHeaderValue:
+                    raise errors.UnforwardableClaim(
+                        f"claim {claim} cannot be sent as a header"
+                    ) from None
+
         if cfg.payload_header:
             payload = json.dumps(claims, separators=(",", ":")).encode()
             sets.append(
@@ -371,8 +394,20 @@ class Policy:
             )
         set_names = {h for h, _ in sets}
         remove = [h for h in self.injected if h not in set_names]
-        if not cfg.forward_token and token.source.header is not None:
-            remove.append(token.source.header)
+        remove_query: tuple[str, ...] = ()
+        if not cfg.forward_token:
+            # The token stays here: whichever place it came from is emptied.
+            source = token.source
+            if source.header is not None:
+                remove.append(source.header)
+            elif source.cookie is not None:
+                rest = tokens.without_cookie(req.headers.get("cookie", ""), source.cookie)
+                if rest:
+                    sets.append(("cookie", rest))
+                else:
+                    remove.append("cookie")
+            elif source.query is not None:
+                remove_query = (source.query,)
         sub = claims.get("sub")
         return Decision(
             allowed=True,
@@ -381,6 +416,7 @@ class Policy:
             provider=prov.name,
             set_headers=tuple(sets),
             remove_headers=tuple(remove),
+            remove_query=remove_query,
             metadata={
                 "provider": prov.name,
                 "rule": rule.name,

@@ -15,6 +15,7 @@ import gc
 import json
 import os
 import signal
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,14 @@ import aiohttp
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from . import __version__, admin, files, keys, logs, metrics, wire
+from . import __version__, admin, errors, files, keys, logs, metrics, wire
 from . import config as configmod
 from .authorizer import Authorizer
 from .cache import TokenCache
 from .config import TLS, Config, split_address
 from .errors import ConfigError
 from .jwks import KeySet
-from .policy import Policy
+from .policy import AuthRequest, Policy
 
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 _log = logs.get("extauthz.server")
@@ -44,10 +45,27 @@ class AuthorizationServicer:
         self.authorizer = authorizer
 
     async def Check(self, request: Any, context: Any) -> bytes:
+        started = time.perf_counter()
         authorizer = self.authorizer  # read once: a reload may swap it mid-call
-        req = wire.to_auth_request(request)
-        decision = await authorizer.check(req, context.time_remaining())
-        return wire.encode(decision, authorizer.policy.realm)
+        realm = authorizer.policy.realm
+        try:
+            req = wire.to_auth_request(request)
+        except Exception:  # an input the adapter cannot read: refuse it, never crash
+            _log.exception("check_request_unreadable")
+            req = AuthRequest()
+            decision = authorizer.policy.deny(errors.InternalError())
+        else:
+            decision = await authorizer.check(req, context.time_remaining())
+        try:
+            answer = wire.encode(decision, realm)
+        except Exception:
+            # A decision the wire cannot carry is a deny, logged and counted as one: an
+            # RPC error here would be Envoy's status_on_error and a metric of an allow.
+            _log.exception("check_answer_unencodable", reason=decision.reason)
+            decision = authorizer.policy.deny(errors.InternalError(), rule=decision.rule)
+            answer = wire.encode(decision, realm)
+        authorizer.record(req, decision, started)
+        return answer
 
     def handler(self) -> Any:
         return grpc.method_handlers_generic_handler(
@@ -289,6 +307,8 @@ class Server:
                 sources[name] = current
             else:
                 src = keys.build(name, p, self._http, on_change=self._keys_changed)
+                if current is not None:
+                    src.inherit(current)  # the old keys answer until the new source fetches
                 src.start()
                 started.append(src)
                 sources[name] = src

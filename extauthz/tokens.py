@@ -16,18 +16,33 @@ class Found:
     source: TokenSource
 
 
-def _from_header(value: str, source: TokenSource) -> str | None:
+def _from_header(value: str, source: TokenSource) -> list[str]:
+    """The tokens in one header's value.
+
+    A repeated header reaches us joined by commas (Envoy joins ``Authorization: Bearer a``
+    and ``Authorization: Bearer b`` into ``Bearer a,Bearer b``); no token contains a
+    comma, so each part is read on its own and the caller sees every token. A part with
+    another scheme beside one of ours is a second credential too.
+    """
     prefix = source.prefix
-    if prefix is None:
-        token = value.strip()
-    else:
-        # The auth scheme is case-insensitive (RFC 7235 §2.1): "bearer x" is fine.
-        if len(value) < len(prefix) or value[: len(prefix)].lower() != prefix.lower():
-            return None
-        token = value[len(prefix) :].strip()
-    if not token:
-        raise MalformedToken("empty token")
-    return token
+    parts = value.split(",")
+    found: list[str] = []
+    other_scheme = False
+    for part in parts:
+        part = part.lstrip()
+        if prefix is not None:
+            # The auth scheme is case-insensitive (RFC 7235 §2.1): "bearer x" is fine.
+            if part[: len(prefix)].lower() != prefix.lower():
+                other_scheme = other_scheme or bool(part.strip())
+                continue
+            part = part[len(prefix) :]
+        token = part.strip()
+        if not token:
+            raise MalformedToken("empty token")
+        found.append(token)
+    if found and other_scheme:
+        raise InvalidRequest("more than one credential presented")
+    return found
 
 
 def cookies(header: str) -> dict[str, list[str]]:
@@ -38,6 +53,16 @@ def cookies(header: str) -> dict[str, list[str]]:
         if sep and name:
             out.setdefault(name, []).append(value.strip().strip('"'))
     return out
+
+
+def without_cookie(header: str, name: str) -> str:
+    """The Cookie header without every cookie called ``name``; the others verbatim."""
+    kept = [
+        part.strip()
+        for part in header.split(";")
+        if part.strip() and part.partition("=")[0].strip() != name
+    ]
+    return "; ".join(kept)
 
 
 def query_params(path: str) -> dict[str, list[str]]:
@@ -65,9 +90,7 @@ def extract(headers: Mapping[str, str], path: str, sources: Iterable[TokenSource
         if source.header is not None:
             raw = headers.get(source.header)
             if raw is not None:
-                token = _from_header(raw, source)
-                if token is not None:
-                    values.append(token)
+                values.extend(_from_header(raw, source))
         elif source.cookie is not None:
             if jar is None:
                 jar = cookies(headers.get("cookie", ""))

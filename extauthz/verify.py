@@ -42,6 +42,11 @@ _ALGS = JWSRegistry.algorithms
 _REFUSED_HEADERS = ("crit", "b64", "zip", "enc")
 
 
+#: Deepest JSON nesting accepted in a token's header or payload. Real claim sets nest
+#: a few levels; thousands of levels are an attack on the parser (RecursionError).
+MAX_JSON_DEPTH = 64
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in pairs:
@@ -55,12 +60,41 @@ def _reject_constant(_: str) -> None:
     raise ValueError("non-standard number")
 
 
-def _json_object(data: bytes) -> Any:
-    """Strict JSON: UTF-8 only (``json.loads(bytes)`` would also take UTF-16/32 and a BOM,
-    RFC 8259 §8.1), no duplicate members, no NaN/Infinity."""
-    return json.loads(
-        data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant
-    )
+def _check_tree(value: Any) -> None:
+    """Depth within MAX_JSON_DEPTH and every string encodable as UTF-8 (a lone
+    surrogate such as ``"\\ud800"`` is valid JSON but no header or protobuf string
+    can carry it). Iterative: the input decides the depth."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError("JSON nested too deeply")
+            if isinstance(item, dict):
+                for key, member in item.items():
+                    key.encode("utf-8")
+                    stack.append((member, depth + 1))
+            else:
+                stack.extend((member, depth + 1) for member in item)
+        elif isinstance(item, str):
+            item.encode("utf-8")  # UnicodeEncodeError (a ValueError) on a lone surrogate
+
+
+def strict_json(data: bytes) -> Any:
+    """Strict JSON for anything an attacker writes (token header and payload):
+    UTF-8 only (``json.loads(bytes)`` would also take UTF-16/32 and a BOM, RFC 8259
+    §8.1), no duplicate members, no NaN/Infinity, nesting bounded, no lone surrogates.
+    Raises ValueError for every refusal (RecursionError included)."""
+    text = data.decode("utf-8")
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    # The walk costs a few microseconds; skip it when it cannot find anything: no
+    # escape that could make a surrogate, and fewer brackets than the depth bound.
+    if "\\u" in text or text.count("{") + text.count("[") > MAX_JSON_DEPTH:
+        _check_tree(value)
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,13 +156,18 @@ def parse(token: str) -> Unverified:
     if dots != 2:
         raise errors.MalformedToken()
     try:
+        # Our strict parse first: joserfc's lets the last duplicate win, accepts UTF-16
+        # and recurses without bound. Which `alg` or `kid` counts must not be a
+        # parser's choice (RFC 7515 §4), and no header may crash the parser.
+        header = strict_json(urlsafe_b64decode(token.partition(".")[0].encode("ascii")))
+    except (ValueError, TypeError):
+        raise errors.MalformedToken() from None
+    if not isinstance(header, dict):
+        raise errors.MalformedToken()
+    try:
         obj = jws.extract_compact(token.encode("ascii"), registry=_REGISTRY)
-        header = obj.headers()
-        # joserfc's header parse lets the last duplicate win and accepts UTF-16: which
-        # `alg` or `kid` counts must not be a parser's choice either (RFC 7515 §4).
-        _json_object(urlsafe_b64decode(obj.segments["header"]))
         signature = urlsafe_b64decode(obj.segments["signature"])
-    except (JoseError, ValueError, TypeError, KeyError):
+    except (JoseError, ValueError, TypeError, KeyError, RecursionError):
         raise errors.MalformedToken() from None
     alg = header.get("alg")
     if not isinstance(alg, str) or not isinstance(header.get("kid", ""), str):
@@ -139,8 +178,8 @@ def parse(token: str) -> Unverified:
         if name in header:
             raise errors.UnsupportedHeader()
     try:
-        claims = _json_object(obj.payload)
-    except (ValueError, UnicodeDecodeError):
+        claims = strict_json(obj.payload)
+    except ValueError:
         raise errors.MalformedToken("token payload is not JSON") from None
     if not isinstance(claims, dict):
         raise errors.MalformedToken("token payload is not a JSON object")
@@ -203,6 +242,11 @@ def check_claims(claims: Mapping[str, Any], provider: Provider, now: float) -> t
             raise errors.WrongAudience()
         if not any(a in provider.audiences for a in aud):
             raise errors.WrongAudience()
+    for name in ("sub", "jti"):
+        # RFC 7519 §4.1.2 / §4.1.7: strings. A numeric `sub` would reach the upstream
+        # as the same x-user-id as the string of its digits: another identity.
+        if name in claims and not isinstance(claims[name], str):
+            raise errors.InvalidClaims(f"claim {name} is not a string")
     for name in provider.required_claims:
         if name not in claims:
             raise errors.InvalidClaims(f"claim {name} is required")

@@ -115,8 +115,27 @@ def _number(text: str) -> float | str:
     return value if math.isfinite(value) else text
 
 
+#: Levels of JSON nesting kept as structure in dynamic metadata; a value deeper than
+#: this is sent as its compact JSON text instead. Envoy parses a CheckResponse with
+#: protobuf's nesting limit of 100 messages, and every JSON object level costs three
+#: (Struct, map entry, Value): a claim nested 33 object levels deep made the whole
+#: answer unreadable to Envoy 1.40 (its ext_authz_error, a 503 for a valid token).
+METADATA_MAX_DEPTH = 16
+
+
+def _bounded(value: Any, depth: int) -> Any:
+    if isinstance(value, dict | list):
+        if depth >= METADATA_MAX_DEPTH:
+            return json.dumps(value, separators=(",", ":"), default=str)
+        if isinstance(value, dict):
+            return {k: _bounded(v, depth + 1) for k, v in value.items()}
+        return [_bounded(v, depth + 1) for v in value]
+    return value
+
+
 def _struct(data: Mapping[str, Any]) -> Any:
     s = struct_pb2.Struct()
+    data = {k: _bounded(v, 1) for k, v in data.items()}
     try:
         s.update(data)
     except (ValueError, TypeError, OverflowError):
@@ -147,6 +166,7 @@ def encode(decision: Decision, realm: str) -> bytes:
         ok_response=pb.OkHttpResponse(
             headers=[_hvo(k, v) for k, v in decision.set_headers],
             headers_to_remove=list(decision.remove_headers),
+            query_parameters_to_remove=list(decision.remove_query),
         ),
     )
     if decision.metadata is not None:

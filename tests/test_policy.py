@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from extauthz import config, jwks
-from extauthz.policy import AuthRequest, Decision, NeedKeys, Policy, header_value
+from extauthz.policy import (
+    AuthRequest,
+    Decision,
+    NeedKeys,
+    Policy,
+    UnsafeHeaderValue,
+    header_value,
+)
 from tests.support.signing import Signer, claims
 
 NOW = time.time()
@@ -272,12 +279,33 @@ def test_claims_requirement(tenant: Any, allowed: bool) -> None:
         (True, "true"),
         (["a", "b", 3], "a b 3"),
         ({"k": [1, 2]}, '{"k":[1,2]}'),
-        ("evil\r\nx-admin: yes", "evilx-admin: yes"),
-        (["a\nb"], "ab"),
+        # A list joined by spaces only when it splits back into the same list.
+        (["admin user"], '["admin user"]'),
+        (["a", ""], '["a",""]'),
+        ([True, "a"], '[true,"a"]'),
+        # Objects escape control characters (JSON is reversible).
+        ({"k": "a\u0000b"}, '{"k":"a\\u0000b"}'),
+        ("caf\u00e9", "caf\u00e9"),
     ],
 )
 def test_header_value_rendering(value: Any, rendered: str) -> None:
     assert header_value(value) == rendered
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["evil\r\nx-admin: yes", "ad\u0000min", "ad\x7fmin", ["a\nb"], " admin", "admin\t"],
+)
+def test_header_values_that_would_change_in_transit_are_refused(value: Any) -> None:
+    """Never stripped: `ad\\u0000min` must not reach the upstream as `admin`."""
+    with pytest.raises(UnsafeHeaderValue):
+        header_value(value)
+
+
+def test_a_claim_no_header_can_carry_is_a_401_not_an_altered_identity() -> None:
+    d = decide("/x", gw(sub="ad\u0000min"))
+    assert (d.allowed, d.http_status, d.reason) == (False, 401, "unforwardable_claim")
+    assert d.description == "claim sub cannot be sent as a header"
 
 
 def test_allow_shapes_headers_payload_and_metadata() -> None:

@@ -14,10 +14,12 @@ import pytest
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from extauthz import metrics
 from extauthz._proto.envoy.config.core.v3 import base_pb2
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2 as pb
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from extauthz.envoy_process import http_request
+from extauthz.policy import Decision
 from tests.support.jwks_server import JwksServer
 from tests.support.serve import ServeProcess
 from tests.support.server import ServerThread, wait_for
@@ -246,3 +248,45 @@ def test_removed_key_denies_even_a_token_accepted_before(keys: JwksServer) -> No
         resp = client.check(token)
         assert resp.status.code == 16
         assert resp.denied_response.status.code == 401
+
+
+def _checks(decision: str, reason: str) -> float:
+    return sum(
+        s.value
+        for m in metrics.REGISTRY.collect()
+        for s in m.samples
+        if s.name == "extauthz_check_total"
+        and s.labels["decision"] == decision
+        and s.labels["reason"] == reason
+    )
+
+
+def test_an_answer_that_cannot_be_encoded_is_a_counted_and_logged_deny(
+    running: tuple[ServerThread, Client], monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """Fail closed at the last step too: a decision the wire cannot carry (here a header
+    value protobuf refuses) is a 503 deny, counted as a deny, never a failed RPC."""
+    server, client = running
+    policy = server.server.authorizer.policy  # type: ignore[union-attr]
+    unencodable = Decision(True, "ok", rule="default", set_headers=(("x-user-id", "\ud800"),))
+    monkeypatch.setattr(policy, "decide", lambda *_: unencodable)
+    allows, denies = _checks("allow", "ok"), _checks("deny", "internal_error")
+    resp = client.check(bearer())
+    assert resp.status.code == 14 and resp.denied_response.status.code == 503
+    assert _checks("deny", "internal_error") == denies + 1
+    assert _checks("allow", "ok") == allows
+    seen = capsys.readouterr()
+    assert "check_answer_unencodable" in seen.out + seen.err
+
+
+def test_two_authorization_entries_in_the_raw_header_map_are_a_400(
+    running: tuple[ServerThread, Client],
+) -> None:
+    """With encode_raw_headers Envoy sends each header line as its own entry."""
+    _, client = running
+    req = check_request({}, raw=True)
+    for token in (bearer(sub="a"), bearer(sub="b")):
+        entry = base_pb2.HeaderValue(key="authorization", raw_value=token["authorization"].encode())
+        req.attributes.request.http.header_map.headers.append(entry)
+    resp = client.auth.Check(req, timeout=5)
+    assert (resp.status.code, resp.denied_response.status.code) == (3, 400)

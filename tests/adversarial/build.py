@@ -24,7 +24,8 @@ A recipe (``case["token"]``) is a mapping:
 ``mutate``         a list of ``{op: value}`` applied in order (see ``_mutate``).
 
 Placeholders in strings: ``@now``, ``@now+N``, ``@now-N`` (integers), ``@iss``,
-``@hs_iss``, ``@inline_iss``, ``@zerosN`` / ``@kidN`` (N zeros / N ``k``); whole values
+``@hs_iss``, ``@inline_iss``, ``@zerosN`` / ``@kidN`` (N zeros / N ``k``), ``@listsN`` /
+``@objsN`` (JSON nested N levels deep: ``[[…]]`` / ``{"a":{"a":…1}}``); whole values
 ``@attacker_jwk`` and ``@attacker_x5c`` (never-published attacker key material).
 """
 
@@ -51,10 +52,12 @@ HERE = Path(__file__).parent
 KEYS: dict[str, Any] = json.loads((HERE / "keys.json").read_text())
 
 ISS = "https://issuer.example"  # provider "main": default algorithms, JWKS over HTTP
-HS_ISS = "https://hs.example"  # provider "hs": same JWKS, algorithms [RS256, HS256]
+HS_ISS = "https://hs.example"  # provider "hs": same keys inline, algorithms [RS256, HS256]
 INLINE_ISS = "https://inline.example"  # provider "inline": inline oct + RSA, [HS256, RS256]
 AUD = "api"
 REALM = "extauthz"
+HOST = "api.example.com"  # the Host of every request unless a case sets `request.host`
+INTERNAL_HOST = "internal.example.com"  # rule "internal" binds /internal to this host
 
 # kid -> JWK `alg` published in the JWKS (None: no `alg` member).
 PUBLISHED: dict[str, str | None] = {
@@ -66,7 +69,9 @@ PUBLISHED: dict[str, str | None] = {
     "x25519": None,  # an ECDH key: the server must skip it, never verify EdDSA with it
 }
 _HASH = {"256": hashlib.sha256, "384": hashlib.sha384, "512": hashlib.sha512}
-_PLACEHOLDER = re.compile(r"@(now(?:[+-]\d+)?|iss|hs_iss|inline_iss|zeros\d+|kid\d+)\b")
+_PLACEHOLDER = re.compile(
+    r"@(now(?:[+-]\d+)?|iss|hs_iss|inline_iss|zeros\d+|kid\d+|lists\d+|objs\d+)\b"
+)
 
 
 @functools.cache
@@ -111,9 +116,11 @@ def config(jwks_url: str) -> dict[str, Any]:
         "server": {"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0", "realm": REALM},
         "providers": {
             "main": {"issuer": ISS, "jwks_uri": jwks_url, **common},
+            # HMAC needs a key source that may hold secrets (inline or file): the same
+            # public keys, inline. An RSA key still must never verify HS256.
             "hs": {
                 "issuer": HS_ISS,
-                "jwks_uri": jwks_url,
+                "jwks": jwks_document(),
                 "algorithms": ["RS256", "HS256"],
                 **common,
             },
@@ -125,7 +132,13 @@ def config(jwks_url: str) -> dict[str, Any]:
             },
         },
         "rules": [
+            {"name": "public", "match": {"path_prefix": "/public"}, "allow_anonymous": True},
             {"name": "admin", "match": {"path_prefix": "/admin"}, "scopes": ["admin"]},
+            {
+                "name": "internal",
+                "match": {"path_prefix": "/internal", "hosts": [INTERNAL_HOST]},
+                "scopes": ["internal"],
+            },
             {"name": "default", "match": {"path_prefix": "/"}},
         ],
     }
@@ -159,6 +172,12 @@ def _subst(value: Any, now: int) -> Any:
         if word.startswith(("zeros", "kid")):  # @zeros400: 400 zeros; @kid4000: a long kid
             count = int(word.lstrip("zeroskid"))
             return ("0" if word.startswith("zeros") else "k") * count
+        if word.startswith("lists"):
+            depth = int(word.removeprefix("lists"))
+            return "[" * depth + "]" * depth
+        if word.startswith("objs"):
+            depth = int(word.removeprefix("objs"))
+            return '{"a":' * depth + "1" + "}" * depth
         return str(now + int(word[3:] or 0))
 
     if value == "@attacker_jwk":
@@ -369,19 +388,25 @@ def request(case: dict[str, Any], now: int) -> tuple[str, str, dict[str, str]]:
         placed.append((spec["second"].get("via", "cookie"), other))
     query: list[str] = []
     cookies: list[str] = []
+    authorization: list[str] = []
     for where, tok in placed:
         if where == "authorization":
-            headers["authorization"] = f"{spec.get('scheme', 'Bearer')} {tok}"
+            # Repeated Authorization headers reach extauthz joined by "," (Envoy joins
+            # them so): build that joined value.
+            authorization.append(f"{spec.get('scheme', 'Bearer')} {tok}")
         elif where == "cookie":
             cookies.append(f"access_token={tok}")
         elif where == "query":
             query.append(f"access_token={quote(tok, safe='')}")
         else:
             raise ValueError(where)
+    if authorization:
+        headers["authorization"] = ",".join(authorization)
     if cookies:
         headers["cookie"] = "; ".join(cookies)
     if query:
         path += ("&" if "?" in path else "?") + "&".join(query)
     for name, value in (spec.get("headers") or {}).items():
         headers[name.lower()] = str(_subst(value, now))
+    headers["host"] = spec.get("host", HOST)
     return spec.get("method", "GET"), path, headers
