@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import re2
 import yaml
@@ -21,12 +22,15 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
+from .paths import host_name
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -87,6 +91,32 @@ def compile_regex(pattern: str) -> Any:
     return re2.compile(pattern, options)
 
 
+def _workers(value: object) -> int | Literal["auto"]:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ValueError("expected a number of processes (1 or more) or 'auto'")
+
+
+def _claim_value(value: object) -> str | int | bool:
+    if isinstance(value, str | int | bool):
+        return value
+    raise ValueError("expected a string, a number or true/false")
+
+
+ClaimValue = Annotated[str | int | bool, PlainValidator(_claim_value)]
+
+
+def _Coherence(found: list[tuple[str, str]]) -> PydanticCustomError:
+    """A check across keys failed. from_mapping drops these: its own pass over the raw
+    mapping reports the same problems with their exact key paths, beside field errors."""
+    detail = "; ".join(f"{path}: {message}" if path else message for path, message in found)
+    return PydanticCustomError("coherence", "{detail}", {"detail": detail})
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -135,6 +165,8 @@ class Provider(_Model):
     clock_skew: Duration = 60.0
     max_lifetime: Duration | None = None
     required_claims: tuple[str, ...] = ()
+    # Smaller RSA keys in this provider's JWKS are skipped at load (and logged).
+    min_rsa_bits: int = Field(default=2048, ge=1024, le=16384)
     token_sources: tuple[TokenSource, ...] = DEFAULT_TOKEN_SOURCES
     forward_token: bool = True
     claims_to_headers: Mapping[HeaderName, str] = Field(
@@ -169,30 +201,16 @@ class Provider(_Model):
         return MappingProxyType(dict(value))
 
     @model_validator(mode="after")
-    def _one_key_source(self) -> Provider:
-        chosen = [
-            name
-            for name, on in (
-                ("jwks_uri", self.jwks_uri is not None),
-                ("discovery", self.discovery),
-                ("jwks_file", self.jwks_file is not None),
-                ("jwks", self.jwks is not None),
-            )
-            if on
-        ]
-        if len(chosen) != 1:
-            got = ", ".join(chosen) if chosen else "none"
-            raise ValueError(
-                f"set exactly one key source of jwks_uri, discovery, jwks_file, jwks (got {got})"
-            )
-        if self.min_refresh_interval > self.refresh_interval:
-            raise ValueError("min_refresh_interval must not exceed refresh_interval")
+    def _coherent(self) -> Provider:
+        found = provider_problems(_plain(self))
+        if found:
+            raise _Coherence(found)
         return self
 
     #: The settings a key source depends on; a reload keeps the source when they are equal.
     KEY_SETTINGS: ClassVar[tuple[str, ...]] = (
         "issuer", "jwks_uri", "discovery", "jwks_file", "jwks", "refresh_interval",
-        "min_refresh_interval", "max_stale", "fetch_timeout",
+        "min_refresh_interval", "max_stale", "fetch_timeout", "min_rsa_bits",
     )  # fmt: skip
 
     def same_keys(self, other: Provider) -> bool:
@@ -218,7 +236,7 @@ class TLS(_Model):
 class Server(_Model):
     listen: str = "0.0.0.0:9191"
     admin_listen: str | None = "127.0.0.1:9192"
-    workers: int | Literal["auto"] = Field(default=1)
+    workers: Annotated[int | Literal["auto"], PlainValidator(_workers)] = 1
     token_cache_size: int = Field(default=100_000, ge=0)
     realm: str = Field(default="extauthz", pattern=r'^[^"\\\r\n]*$')
     tls: TLS | None = None
@@ -230,13 +248,6 @@ class Server(_Model):
     def _host_port(cls, value: str | None) -> str | None:
         if value is not None:
             split_address(value)
-        return value
-
-    @field_validator("workers")
-    @classmethod
-    def _workers(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("must be >= 1 or 'auto'")
         return value
 
 
@@ -267,25 +278,20 @@ class Match(_Model):
 
     @field_validator("hosts")
     @classmethod
-    def _lower(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        return None if value is None else tuple(h.lower() for h in value)
+    def _host_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        names = tuple(host_name(h) for h in value)
+        for given, name in zip(value, names, strict=True):
+            if not name or name != given.lower().rstrip("."):
+                raise ValueError(f"{given!r}: give a host name without a port")
+        return names
 
     @model_validator(mode="after")
     def _one_path(self) -> Match:
         if sum(p is not None for p in (self.path_prefix, self.path_exact, self.path_regex)) > 1:
             raise ValueError("set at most one of path_prefix, path_exact, path_regex")
         return self
-
-    @property
-    def catch_all(self) -> bool:
-        """Matches every request: any rule after it is unreachable."""
-        return (
-            self.methods is None
-            and self.hosts is None
-            and self.path_exact is None
-            and self.path_regex in (None, ".*", "/.*")
-            and self.path_prefix in (None, "/", "")
-        )
 
 
 class Rule(_Model):
@@ -294,7 +300,7 @@ class Rule(_Model):
     allow_anonymous: bool = False
     providers: tuple[str, ...] | None = None
     scopes: tuple[str, ...] = ()
-    claims: Mapping[str, tuple[str | int | bool, ...]] = Field(
+    claims: Mapping[str, tuple[ClaimValue, ...]] = Field(
         default_factory=lambda: MappingProxyType({})
     )
 
@@ -318,35 +324,127 @@ class Config(_Model):
         return MappingProxyType(dict(value))
 
     @model_validator(mode="after")
-    def _rules_reference_providers(self) -> Config:
-        problems: list[str] = []
-        seen: set[str] = set()
-        catch_all: str | None = None
-        for i, rule in enumerate(self.rules or ()):
-            if catch_all is not None:
-                problems.append(
-                    f"rules.{i}.match: rule {rule.name!r} can never match: "
-                    f"rule {catch_all!r} before it matches every request"
-                )
-            elif rule.match.catch_all:
-                catch_all = rule.name
-            if rule.name in seen:
-                problems.append(f"rules.{i}.name: duplicate rule name {rule.name!r}")
-            seen.add(rule.name)
-            for name in rule.providers or ():
-                if name not in self.providers:
-                    problems.append(f"rules.{i}.providers: unknown provider {name!r}")
-        issuers: dict[str, str] = {}
-        for name, p in self.providers.items():
-            if p.issuer in issuers:
-                problems.append(
-                    f"providers.{name}.issuer: same issuer as provider {issuers[p.issuer]!r} "
-                    "(a token's iss must select exactly one provider)"
-                )
-            issuers.setdefault(p.issuer, name)
-        if problems:
-            raise ValueError("; ".join(problems))
+    def _coherent(self) -> Config:
+        found = config_problems(_plain(self))
+        if found:
+            raise _Coherence(found)
         return self
+
+
+# -- checks across keys ---------------------------------------------------------------
+# Written over plain mappings, so they run on the raw YAML as well: every problem is
+# reported in one pass, even when other keys failed their own validation.
+
+_KEY_SOURCES = ("jwks_uri", "discovery", "jwks_file", "jwks")
+_REMOTE_SOURCES = ("jwks_uri", "discovery")
+
+
+def _plain(value: Any) -> Any:
+    """Models as plain mappings (what the raw checks read), without serialising."""
+    if isinstance(value, BaseModel):
+        return {name: _plain(getattr(value, name)) for name in type(value).model_fields}
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _duration_or_none(value: object) -> float | None:
+    try:
+        return parse_duration(value)
+    except ValueError:
+        return None
+
+
+def provider_problems(p: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(key under the provider, message) for checks that involve several keys."""
+    found: list[tuple[str, str]] = []
+    chosen = [k for k in _KEY_SOURCES if p.get(k) not in (None, False)]
+    if len(chosen) != 1:
+        got = ", ".join(chosen) if chosen else "none"
+        found.append(("", f"set exactly one key source of {', '.join(_KEY_SOURCES)} (got {got})"))
+    issuer = p.get("issuer")
+    if isinstance(issuer, str) and issuer:
+        parts = urlsplit(issuer)
+        if not parts.scheme or not parts.netloc:
+            found.append(
+                ("issuer", "must be an absolute URL such as https://issuer.example "
+                           "(compared exactly with each token's iss)")
+            )  # fmt: skip
+    algorithms = p.get("algorithms")
+    if isinstance(algorithms, list | tuple):
+        hmac = sorted({a for a in algorithms if isinstance(a, str) and a.startswith("HS")})
+        remote = [k for k in _REMOTE_SOURCES if p.get(k) not in (None, False)]
+        if hmac and remote:
+            found.append(
+                ("algorithms", f"{', '.join(hmac)} needs a shared secret, which a fetched "
+                               f"JWKS ({remote[0]}) cannot hold: use jwks or jwks_file")
+            )  # fmt: skip
+    low = _duration_or_none(p.get("min_refresh_interval", 30.0))
+    high = _duration_or_none(p.get("refresh_interval", 300.0))
+    if low is not None and high is not None and low > high:
+        found.append(("min_refresh_interval", "must not exceed refresh_interval"))
+    return found
+
+
+def _catch_all(match: object) -> bool:
+    """A raw `match` that matches every request: any rule after it is unreachable."""
+    if match is None:
+        return True
+    if not isinstance(match, Mapping):
+        return False
+    return (
+        match.get("methods") is None
+        and match.get("hosts") is None
+        and match.get("path_exact") is None
+        and match.get("path_regex") in (None, ".*", "/.*")
+        and match.get("path_prefix") in (None, "/", "")
+    )
+
+
+def config_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(dotted path, message) for every check that involves several keys."""
+    found: list[tuple[str, str]] = []
+    providers = data.get("providers")
+    providers = providers if isinstance(providers, Mapping) else {}
+    issuers: dict[str, str] = {}
+    for name, p in providers.items():
+        if not isinstance(p, Mapping):
+            continue
+        for key, message in provider_problems(p):
+            found.append((f"providers.{name}" + (f".{key}" if key else ""), message))
+        issuer = p.get("issuer")
+        if isinstance(issuer, str):
+            if issuer in issuers:
+                found.append(
+                    (f"providers.{name}.issuer", f"same issuer as provider {issuers[issuer]!r} "
+                     "(a token's iss must select exactly one provider)")
+                )  # fmt: skip
+            issuers.setdefault(issuer, name)
+    rules = data.get("rules")
+    seen: set[str] = set()
+    catch_all: str | None = None
+    for i, rule in enumerate(rules if isinstance(rules, list | tuple) else ()):
+        if not isinstance(rule, Mapping):
+            continue
+        name = rule.get("name")
+        if catch_all is not None:
+            found.append(
+                (f"rules.{i}.match", f"rule {name!r} can never match: "
+                                     f"rule {catch_all!r} before it matches every request")
+            )  # fmt: skip
+        elif _catch_all(rule.get("match")):
+            catch_all = str(name)
+        if isinstance(name, str):
+            if name in seen:
+                found.append((f"rules.{i}.name", f"duplicate rule name {name!r}"))
+            seen.add(name)
+        named = rule.get("providers")
+        for other in named if isinstance(named, list | tuple) else ():
+            if isinstance(other, str) and other not in providers:
+                found.append((f"rules.{i}.providers", f"unknown provider {other!r}"))
+    return found
 
 
 def split_address(value: str) -> tuple[str, int]:
@@ -361,27 +459,74 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc)
 
 
+def _expected(ctx: Mapping[str, Any]) -> str:
+    """pydantic's "'deny' or 'allow'" as "deny, allow"."""
+    return ", ".join(re.findall(r"'([^']*)'", str(ctx.get("expected", ""))))
+
+
+def _items(n: object) -> str:
+    return "1 item" if n == 1 else f"{n} items"
+
+
+#: pydantic error types in the user's words (by error type, never pydantic's wording,
+#: which names Python types: "Input should be a valid tuple").
+_MESSAGES: dict[str, Callable[[Mapping[str, Any]], str]] = {
+    "missing": lambda _: "required key is missing",
+    "extra_forbidden": lambda _: "unknown key",
+    "string_type": lambda _: "expected text",
+    "int_type": lambda _: "expected a whole number",
+    "int_parsing": lambda _: "expected a whole number",
+    "int_from_float": lambda _: "expected a whole number",
+    "float_type": lambda _: "expected a number",
+    "float_parsing": lambda _: "expected a number",
+    "bool_type": lambda _: "expected true or false",
+    "bool_parsing": lambda _: "expected true or false",
+    "list_type": lambda _: "expected a list",
+    "tuple_type": lambda _: "expected a list",
+    "dict_type": lambda _: "expected a mapping (key: value pairs)",
+    "mapping_type": lambda _: "expected a mapping (key: value pairs)",
+    "model_type": lambda _: "expected a mapping (key: value pairs)",
+    "model_attributes_type": lambda _: "expected a mapping (key: value pairs)",
+    "literal_error": lambda ctx: f"expected one of: {_expected(ctx)}",
+    "greater_than_equal": lambda ctx: f"must be {ctx.get('ge')} or more",
+    "greater_than": lambda ctx: f"must be more than {ctx.get('gt')}",
+    "less_than_equal": lambda ctx: f"must be {ctx.get('le')} or less",
+    "less_than": lambda ctx: f"must be less than {ctx.get('lt')}",
+    "too_short": lambda ctx: f"at least {_items(ctx.get('min_length'))} required",
+    "too_long": lambda ctx: f"at most {_items(ctx.get('max_length'))} allowed",
+    "string_too_short": lambda _: "must not be empty",
+    "string_pattern_mismatch": lambda _: "contains characters that are not allowed here",
+    "path_type": lambda _: "expected a file path",
+}
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    kind = err["type"]
+    if kind == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    describe = _MESSAGES.get(kind)
+    if describe is not None:
+        return describe(err.get("ctx") or {})
+    return "invalid value"
+
+
 def from_mapping(data: object) -> Config:
     """Validate already-parsed YAML. Raises ConfigError listing every problem."""
     if not isinstance(data, Mapping):
         raise ConfigError([("", "the configuration must be a YAML mapping")])
+    problems: list[tuple[str, str]] = []
+    config: Config | None = None
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
-        problems: list[tuple[str, str]] = []
         for err in exc.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            loc = _path(err["loc"])
-            # Model-level checks that name their own sub-paths.
-            for part in msg.split("; "):
-                if re.match(r"^(rules\.\d+|providers\.[^.]+)\.\w+: ", part):
-                    sub, _, text = part.partition(": ")
-                    problems.append((sub, text))
-                else:
-                    problems.append((loc, part))
-        raise ConfigError(problems) from None
+            if err["type"] != "coherence":  # reported below, with exact key paths
+                problems.append((_path(err["loc"]), _message(err)))
+    # Checks across keys run on the raw mapping too: every problem in one pass.
+    problems += [p for p in config_problems(data) if p not in problems]
+    if problems or config is None:
+        raise ConfigError(sorted(problems, key=lambda p: p[0]))
+    return config
 
 
 def load(path: str | os.PathLike[str]) -> Config:
@@ -390,11 +535,27 @@ def load(path: str | os.PathLike[str]) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([("", f"cannot read {path}: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([("", f"{path} is not UTF-8 text")]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([("", f"invalid YAML: {exc}")]) from None
+        raise ConfigError([("", f"invalid YAML: {_yaml_problem(exc, path)}")]) from None
     return from_mapping(data)
+
+
+def _yaml_problem(exc: yaml.YAMLError, path: str | os.PathLike[str]) -> str:
+    """``FILE, line L, column C: what`` for where the construct began and where it broke
+    (PyYAML counts from 0 and names the file "<unicode string>")."""
+    parts = []
+    for mark, what in (
+        (getattr(exc, "context_mark", None), getattr(exc, "context", None)),
+        (getattr(exc, "problem_mark", None), getattr(exc, "problem", None)),
+    ):
+        if what:
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            parts.append(f"{where}{what}")
+    return f"{path}, " + "; ".join(parts) if parts else f"{path}: {str(exc).splitlines()[0]}"
 
 
 def summary(config: Config) -> str:

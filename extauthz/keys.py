@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -75,6 +76,37 @@ async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
     return body
 
 
+def _http_status(status: int, url: str) -> str:
+    if 300 <= status < 400:
+        return f"HTTP {status} from {url} (redirects are not followed: set the final URL)"
+    return f"HTTP {status} from {url}"
+
+
+def describe(exc: BaseException, url: str, timeout: float) -> str:
+    """What went wrong with a request, in an operator's words (never a class name alone)."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    where = f"{parts.hostname}:{port}"
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return f"timed out after {timeout:g} s waiting for {where}"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return f"TLS verification of {where} failed"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"name not resolved: {parts.hostname}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        cause = exc.os_error
+        if isinstance(cause, ConnectionRefusedError):
+            return f"connection refused by {where}"
+        return f"cannot connect to {where}: {cause.strerror or cause}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | ConnectionResetError):
+        return f"{where} closed the connection before answering"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return f"the answer from {where} was cut short"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{where}: {exc.strerror}"
+    return f"{where}: {exc.__class__.__name__}"
+
+
 class HttpFetcher:
     """GET a JWKS (or resolve it through OIDC discovery) with validators and a size cap."""
 
@@ -84,12 +116,14 @@ class HttpFetcher:
         self._uri = provider.jwks_uri
         self._etag: str | None = None
         self._last_modified: str | None = None
+        self._fetching = ""  # the URL of the request under way, for error messages
 
     @property
     def where(self) -> str:
         return self._uri or self._provider.key_source
 
     async def _get(self, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        self._fetching = url
         timeout = aiohttp.ClientTimeout(total=self._provider.fetch_timeout)
         return await self._session().get(
             url, headers=headers, timeout=timeout, allow_redirects=False
@@ -99,7 +133,7 @@ class HttpFetcher:
         url = self._provider.issuer.rstrip("/") + "/.well-known/openid-configuration"
         async with await self._get(url, {"accept": "application/json"}) as resp:
             if resp.status != 200:
-                raise KeyFetchError(f"discovery answered HTTP {resp.status}")
+                raise KeyFetchError(f"discovery document: {_http_status(resp.status, url)}")
             try:
                 doc = json.loads(await _read_capped(resp))
             except ValueError:
@@ -126,7 +160,7 @@ class HttpFetcher:
                 if resp.status == 304 and (self._etag or self._last_modified):
                     return NOT_MODIFIED
                 if resp.status != 200:
-                    raise KeyFetchError(f"JWKS answered HTTP {resp.status}")
+                    raise KeyFetchError(f"JWKS: {_http_status(resp.status, self._uri)}")
                 body = await _read_capped(resp)
                 result = Fetched(
                     body,
@@ -137,7 +171,8 @@ class HttpFetcher:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             if self._provider.discovery:
                 self._uri = None  # rediscover next time: the issuer may have moved it
-            raise KeyFetchError(f"JWKS fetch failed: {exc.__class__.__name__}") from None
+            why = describe(exc, self._fetching, self._provider.fetch_timeout)
+            raise KeyFetchError(f"JWKS fetch failed: {why}") from None
         return result
 
     def accepted(self, result: Fetched) -> None:
@@ -236,6 +271,8 @@ class KeySource:
         now = self._clock() if now is None else now
         if self._keys is None or self._confirmed_at is None:
             return KeyState.EMPTY
+        if isinstance(self._fetcher, InlineFetcher):
+            return KeyState.FRESH  # keys in the config cannot go stale; a reload replaces them
         age = now - self._confirmed_at
         if age > self.provider.max_stale:
             return KeyState.EXPIRED
@@ -253,6 +290,18 @@ class KeySource:
     def keys(self) -> jwks.KeySet | None:
         return self._keys
 
+    def inherit(self, previous: KeySource) -> None:
+        """Start from ``previous``'s last good keys (same issuer, new key settings), so a
+        reload never turns a working provider into a 503 while this source's first
+        fetch is under way or failing. The keys age from when ``previous`` confirmed
+        them; the first good fetch here replaces them. Call before ``start``."""
+        if previous.provider.issuer != self.provider.issuer or previous._keys is None:
+            return
+        self._keys = previous._keys
+        self._confirmed_at = previous._confirmed_at
+        metrics.JWKS_KEYS.labels(self.name).set(len(previous._keys.keys))
+        self._ready.set()
+
     def publish_age(self) -> None:
         """Update the age gauge (called periodically: set_function does not cross processes)."""
         if self._confirmed_at is not None:
@@ -268,7 +317,9 @@ class KeySource:
             else:
                 assert isinstance(result, Fetched)
                 new = jwks.parse(
-                    result.body, allow_symmetric=not isinstance(self._fetcher, HttpFetcher)
+                    result.body,
+                    allow_symmetric=not isinstance(self._fetcher, HttpFetcher),
+                    min_rsa_bits=self.provider.min_rsa_bits,
                 )
                 self._fetcher.accepted(result)
                 self._swap(new)

@@ -23,8 +23,10 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from . import config as cfgmod
 from . import logs
 from .config import Config, split_address
+from .errors import ConfigError
 
 _log = logs.get("extauthz.workers")
 
@@ -168,7 +170,13 @@ class Supervisor:
         for proc in self._procs.values():
             if proc.is_alive() and proc.pid is not None:
                 os.kill(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace + 5
+        # Workers keep answering for shutdown_delay, then drain for up to `grace`: wait
+        # that long (read afresh: a reload may have changed it) before killing any.
+        try:
+            delay = cfgmod.load(self.config_path).server.shutdown_delay
+        except ConfigError:
+            delay = self.config.server.shutdown_delay
+        deadline = time.monotonic() + delay + grace + 5
         for proc in self._procs.values():
             await asyncio.to_thread(proc.join, max(0.1, deadline - time.monotonic()))
             if proc.is_alive():

@@ -232,7 +232,7 @@ def test_empty_algorithm_list_rejected() -> None:
 
 def test_audiences_required() -> None:
     found = problems({"providers": {"x": provider(audiences=None)}})
-    assert found == [("providers.x.audiences", "Field required")]
+    assert found == [("providers.x.audiences", "required key is missing")]
 
 
 def test_empty_audiences_explicitly_disables_the_check() -> None:
@@ -244,7 +244,7 @@ def test_empty_audiences_explicitly_disables_the_check() -> None:
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        ({}, [("providers", "Field required")]),
+        ({}, [("providers", "required key is missing")]),
         ([], [("", "the configuration must be a YAML mapping")]),
         (None, [("", "the configuration must be a YAML mapping")]),
     ],
@@ -482,3 +482,94 @@ def test_check_config_without_any_config() -> None:
     r = run_cli("check-config")
     assert r.returncode == 2
     assert "--config" in r.stderr
+
+
+# ---------------------------------------------------------------- messages in the user's words
+
+PYDANTIC_WORDS = ("Input should", "valid tuple", "valid integer", "Dictionary", "literal[",
+                  ".int", "Field required", "Value error")  # fmt: skip
+
+
+def test_every_problem_in_one_pass_cross_key_checks_beside_field_errors() -> None:
+    data = {
+        "server": {"workers": "many", "token_cache_size": -1},
+        "providers": {
+            "a": provider(
+                issuer="my-service",
+                algorithms=["HS256"],
+                clock_skew="soon",
+                refresh_interval="10s",
+                min_refresh_interval="1m",
+            ),
+            "b": provider(issuer="my-service", audiences="api"),
+        },
+        "rules": [
+            {"name": "r", "providers": ["ghost"], "scopes": "admin"},
+            {"name": "r", "match": {"path_prefix": "/x"}},
+        ],
+        "default_action": "maybe",
+    }
+    url = "must be an absolute URL such as https://issuer.example (compared exactly with each "
+    assert set(problems(data)) == {
+        ("server.workers", "expected a number of processes (1 or more) or 'auto'"),
+        ("server.token_cache_size", "must be 0 or more"),
+        ("providers.a.clock_skew", "expected a duration such as '30s', '5m' or a number of "
+                                   "seconds"),
+        ("providers.a.issuer", url + "token's iss)"),
+        ("providers.a.algorithms", "HS256 needs a shared secret, which a fetched JWKS "
+                                   "(jwks_uri) cannot hold: use jwks or jwks_file"),
+        ("providers.a.min_refresh_interval", "must not exceed refresh_interval"),
+        ("providers.b.audiences", "expected a list"),
+        ("providers.b.issuer", url + "token's iss)"),
+        ("providers.b.issuer", "same issuer as provider 'a' (a token's iss must select "
+                               "exactly one provider)"),
+        ("rules.0.providers", "unknown provider 'ghost'"),
+        ("rules.0.scopes", "expected a list"),
+        ("rules.1.name", "duplicate rule name 'r'"),
+        ("rules.1.match", "rule 'r' can never match: rule 'r' before it matches every request"),
+        ("default_action", "expected one of: deny, allow"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"server": {"workers": 0}, "providers": {"x": provider()}},
+        {"server": {"workers": [1]}, "providers": {"x": provider()}},
+        {"providers": {}},
+        {"providers": {"x": provider(audiences="api", required_claims="sub")}},
+        {"providers": {"x": provider(min_rsa_bits=512, forward_token="maybe")}},
+        {"providers": {"x": provider()}, "rules": [{"name": "r", "claims": {"t": [{"a": 1}]}}]},
+        {"providers": {"x": provider(token_sources={"header": "a"})}},
+        {"server": {"realm": 'a"b', "listen": 9191}, "providers": {"x": provider()}},
+    ],
+)
+def test_messages_never_name_python_or_pydantic_types(data: dict[str, Any]) -> None:
+    for path, message in problems(data):
+        assert not any(w in message or w in path for w in PYDANTIC_WORDS), (path, message)
+
+
+def test_hmac_with_a_file_or_inline_jwks_is_fine() -> None:
+    secret = {"keys": [{"kty": "oct", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXh4eHg"}]}
+    cfg = config.from_mapping(
+        {"providers": {"x": provider(jwks_uri=None, jwks=secret, algorithms=["HS256"])}}
+    )
+    assert cfg.providers["x"].algorithms == ("HS256",)
+
+
+def test_hmac_with_discovery_is_an_error() -> None:
+    x = provider(jwks_uri=None, discovery=True, algorithms=["RS256", "HS512"])
+    found = problems({"providers": {"x": x}})
+    assert found == [
+        ("providers.x.algorithms", "HS512 needs a shared secret, which a fetched JWKS "
+                                   "(discovery) cannot hold: use jwks or jwks_file")
+    ]  # fmt: skip
+
+
+def test_yaml_error_names_the_file_line_and_column(tmp_path: Path) -> None:
+    f = tmp_path / "broken.yaml"
+    f.write_text('server:\n  listen: "a\n  b: [\n')
+    r = run_cli("check-config", "--config", str(f))
+    assert r.returncode == 2
+    assert f"{f}, line 2, column 11: while scanning a quoted scalar" in r.stderr
+    assert "unicode string" not in r.stderr and "Traceback" not in r.stderr

@@ -129,6 +129,35 @@ def test_reload_under_traffic_with_zero_failed_checks(tmp_path: Path, keys: Jwks
         server.stop()
 
 
+def test_reload_that_restarts_a_key_source_keeps_its_keys_while_the_issuer_is_down(
+    tmp_path: Path, keys: JwksServer
+) -> None:
+    """A reload that changes a provider's key settings starts a new key source; until
+    that source fetches, the provider answers with its last good keys (not a 503)."""
+    cfg = base_config(keys.url)
+    server = ServeProcess(tmp_path, "a", cfg)
+    try:
+        server.wait_ready()
+        with (
+            EchoUpstream() as up,
+            EnvoyProcess(extauthz_port=server.grpc_port, upstream_port=up.port) as envoy,
+            Traffic(envoy.port) as traffic,
+        ):
+            traffic.wait_requests(50)
+            keys.fail_with = 503  # the issuer goes down
+            cfg["providers"]["main"]["max_stale"] = "2h"  # a key setting: a new source
+            server.write(cfg)
+            server.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: server.count("config_reloaded") >= 1, 20, "reload")
+            assert server.event("config_reloaded")["providers_started"] == ["main"]  # type: ignore[index]
+            wait_for(lambda: server.count("jwks_fetch_failed") >= 1, 20, "a failed fetch")
+            traffic.wait_requests(100)
+            assert server.ready(), "the provider kept usable keys"
+        assert traffic.failures == [], f"{len(traffic.failures)} failed: {traffic.failures[:3]}"
+    finally:
+        server.stop()
+
+
 def _two_endpoints(ports: list[int]) -> Callable[[dict[str, Any]], None]:
     def hook(bootstrap: dict[str, Any]) -> None:
         cluster = next(
