@@ -61,13 +61,14 @@ _HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions
 _FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 _STDOUT_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 
-#: JSON access-log fields. ``%DYNAMIC_METADATA(envoy.filters.http.ext_authz)%``
-#: is the ``dynamic_metadata`` Struct returned in an OK CheckResponse; in a
-#: ``json_format`` log it is emitted as a nested JSON object (or null).
+#: JSON access-log fields. The path is logged without its query string (a token may
+#: ride in ``?access_token=``) and of extauthz's dynamic metadata only provider, rule
+#: and sub: the whole Struct (``%DYNAMIC_METADATA(envoy.filters.http.ext_authz)%``)
+#: would write every verified claim set to the log.
 ACCESS_LOG_FORMAT: dict[str, str] = {
     "start_time": "%START_TIME%",
     "method": "%REQ(:METHOD)%",
-    "path": "%REQ(:PATH)%",
+    "path": "%REQ_WITHOUT_QUERY(:PATH)%",
     "protocol": "%PROTOCOL%",
     "response_code": "%RESPONSE_CODE%",
     "response_flags": "%RESPONSE_FLAGS%",
@@ -75,7 +76,9 @@ ACCESS_LOG_FORMAT: dict[str, str] = {
     "duration_ms": "%DURATION%",
     "upstream_host": "%UPSTREAM_HOST%",
     "request_id": "%REQ(X-REQUEST-ID)%",
-    "ext_authz": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz)%",
+    "authz_provider": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:provider)%",
+    "authz_rule": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:rule)%",
+    "authz_sub": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:sub)%",
 }
 
 
@@ -106,8 +109,21 @@ def _static_cluster(name: str, port: int, *, http2: bool = False) -> dict[str, A
     return cluster
 
 
+#: The extension behind ``%REQ_WITHOUT_QUERY(...)%`` (not a built-in command).
+REQ_WITHOUT_QUERY_FORMATTER: dict[str, Any] = {
+    "name": "envoy.formatter.req_without_query",
+    "typed_config": {
+        "@type": "type.googleapis.com/"
+        "envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery"
+    },
+}
+
+
 def _access_log(path: str | None) -> dict[str, Any]:
-    log_format = {"json_format": dict(ACCESS_LOG_FORMAT)}
+    log_format = {
+        "json_format": dict(ACCESS_LOG_FORMAT),
+        "formatters": [REQ_WITHOUT_QUERY_FORMATTER],
+    }
     if path is None:
         return {
             "name": "envoy.access_loggers.stdout",

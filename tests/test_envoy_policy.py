@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.envoy import EnvoyProcess
 from tests.support.jwks_server import JwksServer
-from tests.support.server import ServerThread
+from tests.support.server import ServerThread, wait_for
 from tests.support.signing import Signer, claims, jwks
 from tests.support.upstream import EchoUpstream
 
@@ -77,6 +77,16 @@ class Rig:
         return self.envoy.request(method, path, headers=h)
 
 
+def _log_one_claim(bootstrap: dict[str, Any]) -> None:
+    """A claim reaches Envoy inside the metadata: log one, named by its key path (the
+    way envoy/README.md tells users to), to prove the claims travel."""
+    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    (log,) = hcm["typed_config"]["access_log"]
+    log["typed_config"]["log_format"]["json_format"]["authz_claim_iss"] = (
+        "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:claims:iss)%"
+    )
+
+
 @pytest.fixture(scope="module")
 def rig() -> Iterator[Rig]:
     with (
@@ -92,6 +102,7 @@ def rig() -> Iterator[Rig]:
             # Envoy's own per-route mechanism: /ops/* is judged by the `admin` rule.
             context_extensions=[("/ops", {"extauthz_rule": "admin"})],
             bootstrap_kwargs={"listen_host": "127.0.0.1"},
+            config_hook=_log_one_claim,
         ) as envoy:
             yield Rig(envoy, upstream)
 
@@ -194,9 +205,20 @@ def test_dynamic_metadata_reaches_envoys_access_log(rig: Rig) -> None:
     while not deadline_entries:
         deadline_entries = [e for e in rig.envoy.wait_access_log(len(entries) + 1) if ours(e)]
     entry = deadline_entries[-1]
-    meta = next(v for v in entry.values() if isinstance(v, dict) and "provider" in v)
-    assert meta["provider"] == "gateway" and meta["rule"] == "default"
-    assert meta["sub"] == "meta-user" and meta["claims"]["iss"] == GATEWAY
+    assert (entry["authz_provider"], entry["authz_rule"]) == ("gateway", "default")
+    assert entry["authz_sub"] == "meta-user" and entry["authz_claim_iss"] == GATEWAY
+
+
+def test_access_log_holds_no_token_and_no_claim_set(rig: Rig) -> None:
+    """The demo's and the tests' Envoy log what envoy/envoy.yaml logs: a token sent as a
+    query parameter and the verified claim set never reach it."""
+    token = gw(sub="log-user", secret_claim="never-in-a-log")
+    resp = rig.envoy.request("GET", f"/log-check?access_token={token}")
+    assert resp.status == 200
+    wait_for(lambda: "/log-check" in json.dumps(rig.envoy.access_log_lines()), 10, "the log line")
+    text = json.dumps(rig.envoy.access_log_lines())
+    assert token.split(".")[1] not in text and token.split(".")[2] not in text
+    assert "never-in-a-log" not in text
 
 
 @pytest.mark.parametrize(
@@ -213,3 +235,81 @@ def test_path_normalisation_bypass_attempts_are_denied(rig: Rig, path: str) -> N
 def test_encoded_slash_never_reaches_a_public_rule(rig: Rig) -> None:
     resp = rig.call("/public%2F..%2Fadmin/users", method="POST")
     assert resp.status == 400
+
+
+@pytest.mark.parametrize(
+    ("where", "path", "headers", "upstream_path", "upstream_cookie"),
+    [
+        ("header", "/x?keep=1", {"authorization": "Bearer TOKEN"}, "/x?keep=1", None),
+        ("cookie", "/x", {"cookie": "a=1; session=TOKEN; b=2"}, "/x", "a=1; b=2"),
+        ("cookie-alone", "/x", {"cookie": "session=TOKEN"}, "/x", None),
+        ("query", "/x?keep=1&access_token=TOKEN&z=2", {}, "/x?keep=1&z=2", None),
+    ],
+)
+def test_forward_token_false_keeps_the_token_away_from_the_upstream(
+    where: str, path: str, headers: dict[str, str], upstream_path: str, upstream_cookie: str | None
+) -> None:
+    """Wherever the token came from (header, cookie or query), the upstream never sees
+    it; the request's other cookies and query parameters reach it unchanged."""
+    cfg = {
+        "server": {"listen": "127.0.0.1:0", "admin_listen": None},
+        "providers": {
+            "p": {
+                "issuer": GATEWAY,
+                "audiences": ["api"],
+                "jwks": jwks(GW),
+                "forward_token": False,
+                "token_sources": [
+                    {"header": "authorization", "prefix": "Bearer "},
+                    {"cookie": "session"},
+                    {"query": "access_token"},
+                ],
+            }
+        },
+    }
+    token = gw(sub=where)
+    with ServerThread(cfg) as server, EchoUpstream() as upstream:
+        server.wait_ready()
+        with EnvoyProcess(extauthz_port=server.grpc_port, upstream_port=upstream.port) as envoy:
+            # Twice: the second answer may come from extauthz's memo of finished answers.
+            for _ in range(2):
+                resp = envoy.request(
+                    "GET",
+                    path.replace("TOKEN", token),
+                    headers={k: v.replace("TOKEN", token) for k, v in headers.items()},
+                )
+                assert resp.status == 200
+                seen = upstream.requests[-1]
+                assert token.split(".")[2] not in json.dumps(seen.as_json())
+                assert seen.path == upstream_path
+                assert seen.headers.get("cookie") == upstream_cookie
+            # Another request's cookies never ride along with a remembered answer.
+            if where == "cookie":
+                other = envoy.request("GET", "/x", headers={"cookie": f"c=3; session={token}"})
+                assert other.status == 200 and upstream.requests[-1].headers["cookie"] == "c=3"
+
+
+def test_two_authorization_header_lines_are_a_400(rig: Rig) -> None:
+    """Two Authorization lines with different tokens: the attacker must not choose which
+    one is checked (Envoy joins them with ',' before asking extauthz)."""
+    import http.client
+
+    before = len(rig.upstream.requests)
+    for second in (gw(sub="other"), "forged.alg-none.token"):
+        conn = http.client.HTTPConnection("127.0.0.1", rig.envoy.port, timeout=10)
+        try:
+            conn.putrequest("GET", "/x", skip_host=True)
+            conn.putheader("host", "api.example.com")
+            conn.putheader("authorization", f"Bearer {gw(sub='alice')}")
+            conn.putheader("authorization", f"Bearer {second}")
+            conn.endheaders()
+            resp = conn.getresponse()
+            body = json.loads(resp.read())
+        finally:
+            conn.close()
+        assert resp.status == 400
+        assert body == {
+            "error": "invalid_request",
+            "error_description": "more than one token presented",
+        }
+    assert len(rig.upstream.requests) == before
