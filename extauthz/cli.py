@@ -1,20 +1,63 @@
-"""Command line: serve, check-config, demo, issuer, token."""
+"""extauthz: an Envoy ext_authz (v3, gRPC) server that verifies JWTs against a rotating JWKS.
+
+Commands: serve, check-config, demo, issuer, token.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import http.client
 import json
 import os
+import signal
+import socket
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__, config, logs
 from .errors import ConfigError
 
 EXIT_CONFIG = 2
+ALGORITHMS = ["EdDSA", "RS256", "ES256"]
+
+_ENV_HELP = {
+    "EXTAUTHZ_CONFIG": ["the config file when --config is not given (serve, check-config)"],
+    logs.LEVEL_ENV: [
+        "the log level when --log-level is not given:",
+        "debug, info (the default), warning or error",
+    ],
+    logs.FORMAT_ENV: [
+        "the log format when --log-format is not given: json or text",
+        "(default: text on a terminal, json otherwise; text for demo)",
+    ],
+}
+
+
+def _epilog(*names: str) -> str:
+    width = max(len(n) for n in names)
+    lines = ["environment variables:"]
+    for name in names:
+        first, *rest = _ENV_HELP[name]
+        lines.append(f"  {name.ljust(width)}  {first}")
+        lines += [f"  {' ' * width}  {more}" for more in rest]
+    lines.append("--log-level and --log-format may go before or after the command.")
+    return "\n".join(lines)
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows '(default: X)' unless the help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def _config_path(args: argparse.Namespace) -> str:
@@ -39,6 +82,13 @@ def _load(args: argparse.Namespace) -> config.Config:
 def _duration(text: str) -> float:
     try:
         return config.parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _address(text: str) -> tuple[str, int]:
+    try:
+        return config.split_address(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -74,89 +124,269 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
 
 
-def cmd_issuer(args: argparse.Namespace) -> int:
-    from aiohttp import web
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
+
+async def _serve_issuer(args: argparse.Namespace) -> int:
+    from .admin import serve_app
     from .issuer import DevIssuer, app
 
-    host, port = config.split_address(args.listen)
-    url = args.url or f"http://{host if host != '0.0.0.0' else '127.0.0.1'}:{port}"
-    issuer = DevIssuer(url, alg=args.alg, rotate_every=args.rotate_every, token_ttl=args.token_ttl)
+    host, port = args.listen
+    issuer = DevIssuer(
+        args.url or "http://127.0.0.1", alg=args.alg, rotate_every=args.rotate_every,
+        token_ttl=args.token_ttl,
+    )  # fmt: skip
+    try:
+        runner, bound = await serve_app(app(issuer), host, port)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        print(f"error: cannot listen on {host}:{port}: {reason.lower()}", file=sys.stderr)
+        return 1
+    if not args.url:  # port 0: the URL is known only once bound
+        issuer.issuer = f"http://{_url_host(host)}:{bound}"
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    url = issuer.issuer
     print(f"dev issuer {url} ({args.alg}); JWKS at {url}/.well-known/jwks.json", file=sys.stderr)
-    web.run_app(app(issuer), host=host, port=port, print=None)
+    print(f"mint a token: extauthz token --issuer {url} --aud AUDIENCE", file=sys.stderr)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
     return 0
 
 
+def cmd_issuer(args: argparse.Namespace) -> int:
+    return asyncio.run(_serve_issuer(args))
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    return "a number"
+
+
+def _claims(text: str) -> dict[str, Any]:
+    """--claims as a dict, or a one-line error (SystemExit 2)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        print(
+            f"error: --claims is not valid JSON: {exc.msg} at column {exc.colno}", file=sys.stderr
+        )
+        raise SystemExit(EXIT_CONFIG) from None
+    if not isinstance(value, dict):
+        print(
+            f'error: --claims must be a JSON object such as \'{{"role": "admin"}}\', '
+            f"not {_kind(value)}",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_CONFIG)
+    return value
+
+
+def _unreachable(url: str, reason: object) -> str:
+    """A URLError reason in the user's words."""
+    parts = urllib.parse.urlsplit(url)
+    default_port = 443 if parts.scheme == "https" else 80
+    try:
+        port = parts.port or default_port
+    except ValueError:
+        port = default_port
+    where = f"{parts.hostname}:{port}"
+    if isinstance(reason, ConnectionRefusedError) or getattr(reason, "errno", None) == (
+        errno.ECONNREFUSED
+    ):
+        return f"connection refused by {where} (is the dev issuer running there?)"
+    if isinstance(reason, socket.gaierror):
+        return f"cannot resolve the host name {parts.hostname!r}"
+    if isinstance(reason, TimeoutError):
+        return f"no answer from {where} within 10 s"
+    if isinstance(reason, OSError) and reason.strerror:
+        return f"{reason.strerror.lower()} ({where})"
+    return f"{reason} ({where})"
+
+
+def _http_error(exc: urllib.error.HTTPError) -> str:
+    detail = ""
+    try:
+        body = json.loads(exc.read() or b"null")
+        if isinstance(body, dict) and body.get("error"):
+            detail = f": {body['error']}"
+    except (ValueError, OSError):
+        pass
+    return f"HTTP {exc.code} {exc.reason}{detail}"
+
+
 def cmd_token(args: argparse.Namespace) -> int:
+    if not args.issuer.startswith(("http://", "https://")):
+        print(f"error: --issuer must be an http(s) URL, got {args.issuer!r}", file=sys.stderr)
+        return EXIT_CONFIG
     body: dict[str, object] = {"sub": args.sub}
+    if args.claims:
+        body["claims"] = _claims(args.claims)
     if args.aud:
         body["aud"] = args.aud if len(args.aud) > 1 else args.aud[0]
+    else:
+        print(
+            "warning: no --aud: the token has no audience, so any provider with audiences "
+            "configured (the demo's is demo-api) will refuse it",
+            file=sys.stderr,
+        )
     if args.scope:
         body["scope"] = args.scope
     if args.ttl is not None:
         body["ttl"] = args.ttl
-    if args.claims:
-        body["claims"] = json.loads(args.claims)
-    if not args.issuer.startswith(("http://", "https://")):
-        print("error: --issuer must be an http(s) URL", file=sys.stderr)
-        return EXIT_CONFIG
+    issuer = args.issuer.rstrip("/")
     request = urllib.request.Request(  # noqa: S310 - scheme checked above
-        args.issuer.rstrip("/") + "/token",
+        issuer + "/token",
         data=json.dumps(body).encode(),
         headers={"content-type": "application/json"},
         method="POST",
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - user URL
-            print(json.load(resp)["access_token"])
-    except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
-        print(f"error: cannot mint a token from {args.issuer}: {exc}", file=sys.stderr)
+            token = json.load(resp)["access_token"]
+        if not isinstance(token, str):
+            raise TypeError("access_token is not a string")
+    except urllib.error.HTTPError as exc:
+        hint = " (is --issuer the URL of an extauthz dev issuer?)" if exc.code in (404, 405) else ""
+        print(f"error: POST {issuer}/token answered {_http_error(exc)}{hint}", file=sys.stderr)
         return 1
+    except urllib.error.URLError as exc:
+        print(f"error: cannot reach {issuer}: {_unreachable(issuer, exc.reason)}", file=sys.stderr)
+        return 1
+    except (OSError, http.client.HTTPException) as exc:
+        print(f"error: cannot reach {issuer}: {_unreachable(issuer, exc)}", file=sys.stderr)
+        return 1
+    except (KeyError, TypeError, ValueError):
+        print(f"error: POST {issuer}/token did not answer with a token", file=sys.stderr)
+        return 1
+    print(token)
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="extauthz", description=__doc__)
-    p.add_argument("--version", action="version", version=f"extauthz {__version__}")
-    p.add_argument("--log-level", default=None, help="debug, info, warning (default info)")
-    p.add_argument("--log-format", choices=["json", "text"], default=None)
-    sub = p.add_subparsers(dest="command", required=True)
+def _log_options(p: argparse.ArgumentParser, *, top: bool, fmt_default: str) -> None:
+    # On a subcommand the default is SUPPRESS, so an option given before the command
+    # is not overwritten by the subcommand's default.
+    default = None if top else argparse.SUPPRESS
+    p.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=logs.LEVELS,
+        default=default,
+        help=f"log level (default: ${logs.LEVEL_ENV}, else info)",
+    )
+    p.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=logs.FORMATS,
+        default=default,
+        help=f"log format (default: ${logs.FORMAT_ENV}, else {fmt_default})",
+    )
 
-    s = sub.add_parser("serve", help="run the ext_authz gRPC server")
-    s.add_argument("--config", help="YAML config file (or EXTAUTHZ_CONFIG)")
+
+def parser() -> argparse.ArgumentParser:
+    all_env = ("EXTAUTHZ_CONFIG", logs.LEVEL_ENV, logs.FORMAT_ENV)
+    log_env = (logs.LEVEL_ENV, logs.FORMAT_ENV)
+    auto = "text on a terminal, json otherwise"
+    p = argparse.ArgumentParser(
+        prog="extauthz", description=__doc__, formatter_class=_Help, epilog=_epilog(*all_env)
+    )
+    p.add_argument("--version", action="version", version=f"extauthz {__version__}")
+    _log_options(p, top=True, fmt_default=f"{auto}; text for demo")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str, env: tuple[str, ...]) -> argparse.ArgumentParser:
+        s = sub.add_parser(
+            name, help=text, description=text, formatter_class=_Help, epilog=_epilog(*env)
+        )
+        _log_options(s, top=False, fmt_default="text" if name == "demo" else auto)
+        return s
+
+    s = command("serve", "run the ext_authz gRPC server", all_env)
+    s.add_argument("--config", help="YAML config file (default: $EXTAUTHZ_CONFIG)")
     s.set_defaults(func=cmd_serve)
 
-    c = sub.add_parser("check-config", help="validate a config and print a summary")
-    c.add_argument("--config", help="YAML config file (or EXTAUTHZ_CONFIG)")
+    c = command("check-config", "validate a config and print a summary", all_env)
+    c.add_argument("--config", help="YAML config file (default: $EXTAUTHZ_CONFIG)")
     c.set_defaults(func=cmd_check_config)
 
-    d = sub.add_parser("demo", help="dev issuer + server + Envoy + upstream, with curl commands")
-    d.add_argument("--port", type=int, default=10000, help="Envoy listener port (default 10000)")
-    d.add_argument("--alg", default="EdDSA", choices=["EdDSA", "RS256", "ES256"])
-    d.add_argument("--rotate-every", type=_duration, default=60.0, help="default 60s")
+    d = command("demo", "dev issuer + server + Envoy + upstream, with curl commands", log_env)
+    d.add_argument("--port", type=int, default=10000, help="Envoy listener port (0: any free)")
+    d.add_argument("--alg", default="EdDSA", choices=ALGORITHMS, help="signing algorithm")
+    d.add_argument(
+        "--rotate-every",
+        type=_duration,
+        default="60s",
+        metavar="DURATION",
+        help="signing key rotation period",
+    )
     d.set_defaults(func=cmd_demo)
 
-    i = sub.add_parser("issuer", help="a development token issuer with key rotation")
-    i.add_argument("--listen", default="127.0.0.1:8000")
-    i.add_argument("--url", help="issuer URL to put in tokens (default http://LISTEN)")
-    i.add_argument("--alg", default="EdDSA", choices=["EdDSA", "RS256", "ES256"])
-    i.add_argument("--rotate-every", type=_duration, default=None)
-    i.add_argument("--token-ttl", type=_duration, default=300.0)
+    i = command("issuer", "a development token issuer with key rotation", log_env)
+    i.add_argument(
+        "--listen",
+        type=_address,
+        default="127.0.0.1:8000",
+        metavar="HOST:PORT",
+        help="address to listen on (port 0: any free port)",
+    )
+    i.add_argument("--url", help="issuer URL to put in tokens (default: http://LISTEN)")
+    i.add_argument("--alg", default="EdDSA", choices=ALGORITHMS, help="signing algorithm")
+    i.add_argument(
+        "--rotate-every",
+        type=_duration,
+        metavar="DURATION",
+        help="key rotation period (default: never rotate)",
+    )
+    i.add_argument(
+        "--token-ttl", type=_duration, default="5m", metavar="DURATION", help="token lifetime"
+    )
     i.set_defaults(func=cmd_issuer)
 
-    t = sub.add_parser("token", help="mint a token from a running dev issuer")
-    t.add_argument("--issuer", required=True, help="dev issuer URL")
-    t.add_argument("--sub", default="demo-user")
-    t.add_argument("--aud", action="append", help="audience (repeatable)")
-    t.add_argument("--scope")
-    t.add_argument("--ttl", type=_duration)
-    t.add_argument("--claims", help="extra claims as a JSON object")
+    t = command("token", "mint a token from a running dev issuer", log_env)
+    t.add_argument(
+        "--issuer", required=True, metavar="URL", help="dev issuer URL, e.g. http://127.0.0.1:8000"
+    )
+    t.add_argument("--sub", default="demo-user", help="subject")
+    t.add_argument(
+        "--aud",
+        action="append",
+        help="audience, repeatable (default: none, which providers with audiences refuse)",
+    )
+    t.add_argument("--scope", help='space-separated scopes, e.g. "read write" (default: none)')
+    t.add_argument(
+        "--ttl",
+        type=_duration,
+        metavar="DURATION",
+        help="lifetime (default: the issuer's --token-ttl)",
+    )
+    t.add_argument(
+        "--claims", help='extra claims as a JSON object, e.g. \'{"role": "admin"}\' (default: none)'
+    )
     t.set_defaults(func=cmd_token)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    fmt = args.log_format or ("text" if args.command == "demo" else None)
-    logs.configure(args.log_level, fmt)
+    try:
+        logs.configure(
+            args.log_level,
+            args.log_format,
+            default_format="text" if args.command == "demo" else None,
+        )
+    except logs.LogSettingError as exc:
+        print(f"extauthz: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return int(args.func(args))

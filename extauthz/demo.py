@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shlex
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -18,7 +21,28 @@ from . import admin, config, issuer, logs
 from .server import Server
 
 AUDIENCE = "demo-api"
+TOKEN_TTL = 3600.0  # long enough for an unhurried trial; rotation keeps working (issuer.py)
 _log = logs.get("extauthz.demo")
+
+
+def extauthz_command() -> str:
+    """How to run this same extauthz from any shell and cwd, shell-quoted.
+
+    The console script next to the interpreter (``.venv/bin/extauthz``, which need not
+    be on PATH), else ``<python> -m extauthz``. Paths are absolute but not resolved: a
+    venv's python is a symlink whose target is outside the venv.
+    """
+    here = Path(os.path.abspath(sys.executable))
+    script = here.parent / "extauthz"
+    if script.is_file() and os.access(script, os.X_OK):
+        return shlex.quote(str(script))
+    return shlex.join([str(here), "-m", "extauthz"])
+
+
+def _validity(exp: int, now: float) -> str:
+    minutes = round((exp - now) / 60)
+    until = time.strftime("%H:%M", time.gmtime(exp))
+    return f"valid for {minutes} min, until {until} UTC"
 
 
 async def _upstream(request: web.Request) -> web.Response:
@@ -69,7 +93,7 @@ def _start_envoy(port: int, grpc_port: int, upstream_port: int) -> Any:
 async def run(*, port: int = 10000, alg: str = "EdDSA", rotate_every: float = 60.0) -> int:
     dev = issuer.DevIssuer(
         "http://127.0.0.1", alg=alg, rotate_every=rotate_every or None,
-        token_ttl=max(60.0, 2 * (rotate_every or 60.0)),
+        token_ttl=TOKEN_TTL,
     )  # fmt: skip
     iss_runner, iss_port = await admin.serve_app(issuer.app(dev), "127.0.0.1", 0)
     dev.issuer = f"http://127.0.0.1:{iss_port}"  # known only once bound
@@ -95,6 +119,7 @@ async def run(*, port: int = 10000, alg: str = "EdDSA", rotate_every: float = 60
     except Exception as exc:  # EnvoyStartError: show why, keep the rest running
         print(f"Envoy failed to start: {exc}")
 
+    minted_at = time.time()
     valid = dev.mint(sub="alice", aud=AUDIENCE, scope="read")
     admin_token = dev.mint(sub="root", aud=AUDIENCE, scope="read admin")
     now = int(time.time())
@@ -120,14 +145,20 @@ async def run(*, port: int = 10000, alg: str = "EdDSA", rotate_every: float = 60
             ("token with the admin scope -> 200", "/admin", admin_token),
             ("public path, no token -> 200", "/public/info", None),
         ]
-        lines += [f"  envoy        {base}", ""]
+        validity = _validity(int(minted_at + dev.token_ttl), minted_at)
+        lines += [
+            f"  envoy        {base}",
+            "",
+            f"# tokens below are {validity} (the expired one excepted);",
+            "# the last command mints a fresh one whenever you run it",
+        ]
         for comment, path, token in examples:
             lines.append(f"# {comment}")
             lines.append(f"curl -i {base}{path}" + (" " + auth.format(token) if token else ""))
+        mint = f"{extauthz_command()} token --issuer {shlex.quote(dev.issuer)} --sub bob"
         lines += [
             "# a fresh token from the dev issuer (its signing key rotates) -> 200",
-            f'curl -i {base}/hello -H "Authorization: Bearer $(extauthz token '
-            f'--issuer {dev.issuer} --sub bob --aud {AUDIENCE})"',
+            f'curl -i {base}/hello -H "Authorization: Bearer $({mint} --aud {AUDIENCE})"',
         ]
     print("\n".join(lines), flush=True)
 

@@ -1,8 +1,11 @@
 """A development token issuer with key rotation (for demos and tests; not for production).
 
 Key ring: the *next* key is published one rotation ahead of use, the *current* key
-signs, and a *retired* key stays published until every token it signed has expired,
-so a verifier that follows the JWKS never sees a valid token with an unknown key.
+signs, and a *retired* key stays published until every token it signed has expired
+(plus ``retire_grace``, 60 s: a verifier's clock may lag and its clock skew allowance
+accepts a token that long after ``exp``), so a verifier that follows the JWKS never
+sees a valid token with an unknown key. Only keys that signed tokens are kept: with
+``rotate_every`` R and token lifetime T the JWKS holds at most about T/R + 3 keys.
 Tokens are minted on ``POST /token`` from loopback only.
 """
 
@@ -52,12 +55,14 @@ class DevIssuer:
         alg: str = "EdDSA",
         rotate_every: float | None = None,
         token_ttl: float = 300.0,
+        retire_grace: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.issuer = issuer
         self.alg = alg
         self.rotate_every = rotate_every
         self.token_ttl = token_ttl
+        self.retire_grace = retire_grace
         self._clock = clock
         self._current = self._new_key()
         self._next = self._new_key() if rotate_every else None
@@ -82,7 +87,7 @@ class DevIssuer:
         now = self._clock()
         if self.rotate_every and now - self._rotated_at >= self.rotate_every:
             self._rotate()
-        self._retired = [k for k in self._retired if k.latest_exp > now]
+        self._retired = [k for k in self._retired if k.latest_exp + self.retire_grace > now]
 
     def rotate(self) -> None:
         with self._lock:

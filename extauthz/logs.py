@@ -13,17 +13,57 @@ from typing import Any
 
 import structlog
 
+LEVELS = ("debug", "info", "warning", "error")
+FORMATS = ("json", "text")
+LEVEL_ENV = "EXTAUTHZ_LOG_LEVEL"
+FORMAT_ENV = "EXTAUTHZ_LOG_FORMAT"
+
 _level = logging.INFO
 
 
-def configure(level: str | None = None, fmt: str | None = None) -> None:
-    global _level
-    level = (level or os.environ.get("EXTAUTHZ_LOG_LEVEL", "info")).upper()
-    # JSON for machines; key=value text when a person is watching a terminal.
-    fmt = (
-        fmt or os.environ.get("EXTAUTHZ_LOG_FORMAT") or ("text" if sys.stderr.isatty() else "json")
+class LogSettingError(ValueError):
+    """A log level or format that is not one of the choices (message names its source)."""
+
+
+def _choice(value: str | None, source: str, allowed: tuple[str, ...]) -> str | None:
+    if value is None or not value.strip():
+        return None
+    chosen = value.strip().lower()
+    if chosen not in allowed:
+        raise LogSettingError(f"{source}={value!r} is not one of {', '.join(allowed)}")
+    return chosen
+
+
+def settings(
+    level: str | None = None, fmt: str | None = None, *, default_format: str | None = None
+) -> tuple[str, str]:
+    """The (level, format) to use: arguments, else the environment, else the defaults.
+
+    An environment value is read only when the argument is absent; a bad one raises
+    LogSettingError naming the variable (it never silently falls back).
+    """
+    chosen_level = (
+        _choice(level, "log level", LEVELS)
+        or _choice(os.environ.get(LEVEL_ENV), LEVEL_ENV, LEVELS)
+        or "info"
     )
-    _level = logging.getLevelNamesMapping().get(level, logging.INFO)
+    # JSON for machines; key=value text when a person is watching a terminal.
+    chosen_fmt = (
+        _choice(fmt, "log format", FORMATS)
+        or _choice(os.environ.get(FORMAT_ENV), FORMAT_ENV, FORMATS)
+        or default_format
+        or ("text" if sys.stderr.isatty() else "json")
+    )
+    return chosen_level, chosen_fmt
+
+
+def configure(
+    level: str | None = None, fmt: str | None = None, *, default_format: str | None = None
+) -> None:
+    """Set up logging; raises LogSettingError for a level or format outside the choices."""
+    global _level
+    level, fmt = settings(level, fmt, default_format=default_format)
+    _level = logging.getLevelNamesMapping()[level.upper()]
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"

@@ -1,63 +1,166 @@
-"""`extauthz demo` as a new user runs it: the printed curl commands behave as printed."""
+"""`extauthz demo` as a new user runs it (README, first command): every printed command
+works as printed, pasted into a fresh shell where the venv's bin directory is not on
+PATH and the cwd is elsewhere, and answers what its comment says.
+"""
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 import os
+import queue
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.support.cli import REPO, fresh_shell_env
+
 pytestmark = pytest.mark.envoy
 
+VALIDITY = re.compile(r"^# tokens below are valid for (\d+) min, until (\d\d:\d\d) UTC")
 
-def _read_banner(proc: subprocess.Popen[str], deadline: float) -> list[str]:
-    lines: list[str] = []
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"demo exited early: {''.join(lines)}")
-        lines.append(line.rstrip("\n"))
-        if line.startswith("curl") and "extauthz token" in line:
-            return lines
-    raise AssertionError("demo did not print its curl commands in time")
+
+class Lines:
+    """The demo's stdout, line by line, read in a thread so waits have a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        assert proc.stdout is not None
+        stream = proc.stdout
+
+        def pump() -> None:
+            for line in stream:
+                self._queue.put(line.rstrip("\n"))
+            self._queue.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def until(self, done: Any, seconds: float) -> list[str]:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                raise AssertionError("demo exited early:\n" + "\n".join(self.seen))
+            self.seen.append(line)
+            if done(line):
+                return self.seen
+        raise AssertionError("demo did not print its commands in time:\n" + "\n".join(self.seen))
+
+
+def _claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+def _bearer(cmd: str) -> str:
+    m = re.search(r"Bearer ([\w-]+\.[\w-]+\.[\w-]+)", cmd)
+    assert m, cmd
+    return m.group(1)
+
+
+def _run_as_printed(cmd: str, cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+    """The command, verbatim, in a new bash; returns (HTTP status, curl -i output)."""
+    out = subprocess.run(
+        ["bash", "-c", cmd], capture_output=True, text=True, cwd=cwd, env=env, timeout=30
+    )
+    assert out.returncode == 0, f"{cmd[:160]}... exited {out.returncode}: {out.stderr[-500:]}"
+    assert "Traceback" not in out.stderr, out.stderr
+    status = re.match(r"HTTP/[\d.]+ (\d{3})", out.stdout)
+    assert status, f"{cmd[:160]}... printed no HTTP status: {out.stdout[:300]} {out.stderr}"
+    return int(status.group(1)), out.stdout
+
+
+def _check_expectation(comment: str, status: int, output: str, cmd: str) -> None:
+    """`# what -> NNN more...`: the status, and each quoted fragment, as printed."""
+    m = re.search(r"-> (\d{3})(.*)", comment)
+    assert m, comment
+    assert status == int(m.group(1)), f"{comment}\n{cmd[:160]}...\ngave {status}:\n{output}"
+    rest = m.group(2)
+    for fragment in re.findall(r'[\w-]+="[^"]*"|"[^"]+"', rest):
+        text = fragment.strip('"') if fragment.startswith('"') else fragment
+        assert text in output, f"{comment}: {text!r} not in\n{output}"
+    if "x-user-id: alice" in rest:
+        assert '"x-user-id": "alice"' in output, output
+
+
+def _kids(jwks_url: str) -> set[str]:
+    with urllib.request.urlopen(jwks_url, timeout=5) as resp:
+        return {k["kid"] for k in json.load(resp)["keys"]}
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl, as the README does")
-def test_demo_curl_commands_behave_as_printed(tmp_path: Path) -> None:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+def test_demo_commands_work_as_printed_in_a_fresh_shell(tmp_path: Path) -> None:
+    shell_env = fresh_shell_env()
+    assert shutil.which("extauthz", path=shell_env["PATH"]) is None
+    # As the README runs it: the venv's console script, by path, from the checkout.
+    script = Path(sys.executable).parent / "extauthz"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "extauthz"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "extauthz", "demo", "--port", "0", "--rotate-every", "5s"],
+        [*command, "demo", "--port", "0", "--rotate-every", "5s"],
         stdout=subprocess.PIPE,
         stderr=open(tmp_path / "demo.log", "w"),  # noqa: SIM115 - closed with the process
         text=True,
-        env=env,
+        cwd=REPO,
+        env=shell_env,
         start_new_session=True,
     )
     try:
-        lines = _read_banner(proc, time.monotonic() + 60)
+        lines = Lines(proc).until(lambda line: " token --issuer " in line, 60)
+        started = time.time()
+        text = "\n".join(lines)
+        port = int(re.search(r"envoy\s+http://127\.0\.0\.1:(\d+)", text).group(1))  # type: ignore[union-attr]
+        issuer = re.search(r"dev issuer\s+(http://127\.0\.0\.1:\d+)", text).group(1)  # type: ignore[union-attr]
+
+        # How long the printed tokens stay valid is said, and true.
+        validity = [m for line in lines if (m := VALIDITY.match(line))]
+        assert len(validity) == 1, text
+        assert int(validity[0].group(1)) >= 55
         pairs = [
-            (int(m.group(1)), cmd)
+            (comment, cmd)
             for comment, cmd in itertools.pairwise(lines)
-            if cmd.startswith("curl") and (m := re.search(r"-> (\d{3})", comment))
+            if comment.startswith("#") and "->" in comment and cmd.startswith("curl ")
         ]
-        assert len(pairs) >= 7, lines
-        port = int(re.search(r"envoy\s+http://127\.0\.0\.1:(\d+)", "\n".join(lines)).group(1))  # type: ignore[union-attr]
-        for expected, cmd in pairs:
-            probe = cmd.replace("curl -i", "curl -s -o /dev/null -w '%{http_code}'", 1)
-            out = subprocess.run(
-                ["bash", "-c", probe], capture_output=True, text=True, env=env, timeout=30
-            )
-            assert out.stdout == str(expected), f"{cmd[:120]}... gave {out.stdout} {out.stderr}"
+        by_comment = {comment: cmd for comment, cmd in pairs}
+        valid = _claims(_bearer(next(c for k, c in pairs if k.startswith("# valid token"))))
+        assert valid["exp"] >= started + 55 * 60
+        assert time.strftime("%H:%M", time.gmtime(valid["exp"])) == validity[0].group(2)
+        expired = _claims(_bearer(next(c for k, c in pairs if k.startswith("# expired token"))))
+        assert expired["exp"] < started - 60  # beyond the 60 s clock skew
+
+        # Every command, exactly as printed: the `$(... token ...)` one included.
+        assert len(pairs) >= 8, text
+        fresh = [cmd for _, cmd in pairs if "$(" in cmd]
+        assert len(fresh) == 1 and " token --issuer " in fresh[0], text
+        for comment, cmd in pairs:
+            status, output = _run_as_printed(cmd, tmp_path, shell_env)
+            _check_expectation(comment, status, output, cmd)
+
+        # After the signing key has rotated away, the printed tokens still work.
+        first = _kids(f"{issuer}/.well-known/jwks.json")
+        deadline = time.monotonic() + 30
+        while not (_kids(f"{issuer}/.well-known/jwks.json") - first):
+            assert time.monotonic() < deadline, "the dev issuer did not rotate"
+            time.sleep(0.2)
+        for comment, cmd in by_comment.items():
+            if comment.startswith(("# valid token", "# a fresh token")):
+                status, output = _run_as_printed(cmd, tmp_path, shell_env)
+                _check_expectation(comment, status, output, cmd)
+
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
         # Ctrl-C stopped Envoy too: its listener is gone.
