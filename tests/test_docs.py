@@ -36,12 +36,6 @@ from extauthz.server import _RESTART_ONLY
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = "docs/configuration.md"
 
-#: Documented ahead of the schema while a colleague adds it. Temporary: each entry is
-#: tolerated as "documented but not in the schema" only while the schema lacks it (once
-#: the schema has it, it is checked like every other key); delete it after it lands.
-PENDING = {"providers.<name>.min_rsa_bits"}
-
-
 # ------------------------------------------------------------------ repository files
 
 
@@ -337,9 +331,8 @@ def reference_sections() -> dict[str, tuple[int, str]]:
 def test_reference_documents_exactly_the_schema() -> None:
     schema = set(schema_fields())
     documented = set(reference_sections())
-    pending = PENDING - schema  # tolerated only while the schema lacks them
     missing = sorted(schema - documented)
-    extra = sorted(documented - schema - pending)
+    extra = sorted(documented - schema)
     assert not missing and not extra, (
         f"{REFERENCE} and the schema (extauthz.config.Config) disagree:\n"
         f"  in the schema but not documented: {', '.join(missing) or '-'}\n"
@@ -383,7 +376,7 @@ def test_documented_reload_behaviour_matches_the_server() -> None:
     schema = schema_fields()
     for key in reference_sections():
         if key not in schema:
-            continue  # PENDING
+            continue  # reported by test_reference_documents_exactly_the_schema
         reload = _facts(key)["reload"].lower()
         has_restart_only_children = any(_restart_only(k) for k in schema if k.startswith(key + "."))
         if not _restart_only(key) and has_restart_only_children:
@@ -463,7 +456,7 @@ def _unknown_keys(value: Any, prefix: str, keys: set[str]) -> Iterator[str]:
 def test_reference_examples_use_schema_keys() -> None:
     """Every ```yaml block of the reference is (part of) an extauthz config, written from
     the top level, and names only keys of the schema."""
-    keys = set(schema_fields()) | PENDING
+    keys = set(schema_fields())
     problems = []
     for line, info, body in code_blocks(reference_text()):
         if info != "yaml":
