@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from extauthz.envoy_process import EnvoyProcess, EnvoyStartError
+from extauthz.errors import EnvoyStartError
 
 from . import drivers
 from .common import (
@@ -48,6 +48,7 @@ from .common import (
     taskset,
     wait_grpc_serving,
 )
+from .envoy import EnvoyProcess, bench_bootstrap
 
 SUT_CORES = "0" if NPROC >= 2 else None
 LOAD_CORES = "1" if NPROC >= 2 else None
@@ -228,21 +229,16 @@ def jwt_authn_config(keys: Keys, cache: bool) -> dict[str, Any]:
 
 
 def start_envoy(c: Contender, keys: Keys, workdir: Path, tag: str, authz_port: int) -> EnvoyProcess:
-    kwargs: dict[str, Any] = {"direct_response": True, "access_log": False}
-    if c.envoy != "extauthz":
-        kwargs["ext_authz"] = False
+    jwt_authn = None
     if c.envoy in ("jwt_authn", "jwt_authn_cache"):
-        kwargs["jwt_authn"] = jwt_authn_config(keys, c.envoy == "jwt_authn_cache")
+        jwt_authn = jwt_authn_config(keys, c.envoy == "jwt_authn_cache")
+    config = bench_bootstrap(
+        extauthz_port=authz_port, timeout="1s", ext_authz=c.envoy == "extauthz",
+        jwt_authn=jwt_authn,
+    )  # fmt: skip
     envoy_dir = workdir / f"{tag}.envoy"
     shutil.rmtree(envoy_dir, ignore_errors=True)  # a stale admin-address file would mislead
-    envoy = EnvoyProcess(
-        extauthz_port=authz_port or 1,  # unused cluster when ext_authz is off
-        upstream_port=1,  # unused: every route is a direct_response
-        timeout="1s",
-        bootstrap_kwargs=kwargs,
-        workdir=envoy_dir,
-        startup_timeout=STARTUP_TIMEOUT,
-    )
+    envoy = EnvoyProcess(config, workdir=envoy_dir, startup_timeout=STARTUP_TIMEOUT)
     try:
         envoy.start()
     except EnvoyStartError as exc:
@@ -316,7 +312,7 @@ def run_once(c: Contender, keys: Keys, workdir: Path, tag: str, duration: float,
             return RunResult(res.rps, res.requests, {}, cpu, wall, [server.command, res.command])
         envoy = start_envoy(c, keys, workdir, tag, server.port if server else 0)
         verify_envoy(c, envoy, keys)
-        url = f"{envoy.url}/bench"
+        url = f"http://127.0.0.1:{envoy.port}/bench"
         assert envoy.proc is not None
         envoy_args: list[str] = list(envoy.proc.args)  # type: ignore[arg-type]
         pids = {"envoy": envoy.proc.pid}

@@ -106,7 +106,7 @@ def machine_info() -> dict[str, str]:
         cpu = m.group(1).strip() if m else cpu
     except OSError:
         pass
-    from extauthz.envoy_process import envoy_binary
+    from extauthz.dev.envoy import envoy_binary
 
     def ver(dist: str) -> str:
         try:

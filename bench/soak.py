@@ -31,8 +31,10 @@ import yaml
 from joserfc import jwt
 from joserfc.jwk import OKPKey
 
-from extauthz.envoy_process import EnvoyProcess, KeepAlive
-from extauthz.issuer import DevIssuer
+from bench.client import KeepAlive
+from extauthz.dev import envoy_config
+from extauthz.dev.envoy import EnvoyProcess
+from extauthz.dev.issuer import DevIssuer
 
 AUD = "soak-api"
 
@@ -169,8 +171,11 @@ def run(duration: float, rotate_every: float, clients: int, workdir: Path) -> di
         upstream = ThreadingHTTPServer(("127.0.0.1", 0), Up)
         upstream.daemon_threads = True
         threading.Thread(target=upstream.serve_forever, daemon=True).start()
-        with EnvoyProcess(extauthz_port=port, upstream_port=upstream.server_port,
-                          timeout="1s") as envoy:  # fmt: skip
+        bootstrap = envoy_config.bootstrap(
+            extauthz_port=port, upstream_port=upstream.server_port, timeout="1s",
+            access_log_path=os.devnull,
+        )  # fmt: skip
+        with EnvoyProcess(bootstrap) as envoy:
             return _traffic(envoy.port, server.pid, _Tokens(issuer), issuer, duration, clients)
     finally:
         server.terminate()

@@ -1,8 +1,9 @@
-"""The async seam between the pure policy and the key sources.
+"""The async seam between the front doors and the pure decision core.
 
-``check`` answers every request from in-memory keys; the one wait it may do is on the
-shared unknown-``kid`` refetch, bounded by a budget and by the caller's gRPC deadline.
-Any unexpected exception becomes a deny (fail closed) and is logged without the token.
+``check`` answers every request from in-memory key snapshots; the one wait it may do
+is on the shared unknown-``kid`` refetch, bounded by a budget and by the caller's
+deadline. Any unexpected exception becomes a deny (fail closed), logged without the
+token. ``record`` counts and logs the answer a front door actually sent.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import time
 from collections.abc import Callable, Mapping
 
 from . import errors, logs, metrics
-from .jwks import KeySet
-from .keys import KeySource
-from .policy import CONTEXT_RULE_KEY, AuthRequest, Decision, NeedKeys, Policy
+from .core.decision import Decision, NeedKeys, refuse, unknown_key
+from .core.policy import Policy
+from .core.request import CONTEXT_RULE_KEY, AuthRequest
+from .keys.jwks import KeySet
+from .keys.source import KeySource
 
 _log = logs.get("extauthz.decision")
 
@@ -47,25 +50,29 @@ class Authorizer:
     def ready(self) -> bool:
         return all(s.usable() is not None for s in self.sources.values())
 
-    async def check(self, req: AuthRequest, time_remaining: float | None = None) -> Decision:
-        """The decision for one request; never raises (a bug becomes a logged 503 deny).
+    def keys_changed(self, provider: str, old: KeySet, new: KeySet) -> None:
+        """Revocation: tokens verified by a key that left the JWKS are verified afresh."""
+        if old.thumbprints - new.thumbprints:
+            dropped = self.policy.verifier.forget_keys(provider, new.thumbprints)
+            _log.info("token_cache_purged", provider=provider, entries=dropped)
 
-        The front door encodes it, then calls :meth:`record` with what it actually sent.
-        """
+    async def check(self, req: AuthRequest, time_remaining: float | None = None) -> Decision:
+        """The decision for one request; never raises (a bug becomes a logged 503 deny)."""
         try:
             if req.context_extensions:
-                self._note_extensions(req.context_extensions)
-            try:
-                return self.policy.decide(req, self._keys, self._clock())
-            except NeedKeys as need:
-                return await self._after_refetch(req, need, time_remaining)
+                _note_extensions(req.context_extensions)
+            result = self.policy.decide(req, self._keys, self._clock())
+            if isinstance(result, NeedKeys):
+                return await self._after_refetch(req, result, time_remaining)
+            return result
         except Exception:  # fail closed on bugs; never let an exception reach Envoy
             _log.exception("check_failed", request_id=req.request_id)
-            return self.policy.deny(errors.InternalError())
+            return refuse(errors.InternalError())
 
-    def record(self, req: AuthRequest, decision: Decision, started: float) -> None:
-        """Metrics and the log line for the answer a front door sent (``started`` is a
-        ``time.perf_counter()`` reading taken when the request arrived)."""
+    def record(self, req: AuthRequest, decision: Decision, status: int, started: float) -> None:
+        """Metrics and the log line for the answer a front door sent: ``status`` is the
+        HTTP status it stands for, ``started`` a ``time.perf_counter()`` reading taken
+        when the request arrived."""
         metrics.CHECK_DURATION.observe(time.perf_counter() - started)
         metrics.check_counter(
             "allow" if decision.allowed else "deny",
@@ -79,7 +86,7 @@ class Authorizer:
             log(
                 "allowed" if decision.allowed else "denied",
                 reason=decision.reason,
-                status=decision.http_status,
+                status=status,
                 rule=decision.rule,
                 provider=decision.provider,
                 kid=decision.kid,
@@ -88,30 +95,13 @@ class Authorizer:
                 request_id=req.request_id,
             )
 
-    @staticmethod
-    def _note_extensions(extensions: Mapping[str, str]) -> None:
-        """Name each context_extensions key extauthz does not read, once per process:
-        a route that sets ``required_scope: admin`` believes in a check that never runs."""
-        for key in extensions:
-            if (
-                key != CONTEXT_RULE_KEY
-                and key not in _UNKNOWN_EXTENSIONS
-                and len(_UNKNOWN_EXTENSIONS) < MAX_NAMED_EXTENSIONS
-            ):
-                _UNKNOWN_EXTENSIONS.add(key)
-                _log.warning(
-                    "context_extension_ignored",
-                    key=key,
-                    hint=f"extauthz reads only {CONTEXT_RULE_KEY!r} from context_extensions",
-                )
-
     async def _after_refetch(
         self, req: AuthRequest, need: NeedKeys, time_remaining: float | None
     ) -> Decision:
         source = self.sources[need.provider]
         waiter = source.refetch_for_unknown_kid(need.kid)
         if waiter is None:  # rate-limited: the kid stays unknown until the next window
-            return self.policy.unknown_kid(need)
+            return unknown_key(need)
         budget = self._wait
         if time_remaining is not None:
             # Leave half the deadline for answering: a late allow is a timeout at Envoy.
@@ -119,9 +109,26 @@ class Authorizer:
         try:
             await asyncio.wait_for(waiter, budget)
         except TimeoutError:
-            return self.policy.unknown_kid(need)
-        try:
-            return self.policy.decide(req, self._keys, self._clock())
-        except NeedKeys as again:
-            source.mark_absent(again.kid)
-            return self.policy.unknown_kid(again)
+            return unknown_key(need)
+        result = self.policy.decide(req, self._keys, self._clock())
+        if isinstance(result, NeedKeys):
+            source.mark_absent(result.kid)
+            return unknown_key(result)
+        return result
+
+
+def _note_extensions(extensions: Mapping[str, str]) -> None:
+    """Name each context_extensions key extauthz does not read, once per process: a
+    route that sets ``required_scope: admin`` believes in a check that never runs."""
+    for key in extensions:
+        if (
+            key != CONTEXT_RULE_KEY
+            and key not in _UNKNOWN_EXTENSIONS
+            and len(_UNKNOWN_EXTENSIONS) < MAX_NAMED_EXTENSIONS
+        ):
+            _UNKNOWN_EXTENSIONS.add(key)
+            _log.warning(
+                "context_extension_ignored",
+                key=key,
+                hint=f"extauthz reads only {CONTEXT_RULE_KEY!r} from context_extensions",
+            )

@@ -95,7 +95,7 @@ def _address(text: str) -> tuple[str, int]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    from . import workers
+    from .server import workers
 
     if workers.count(cfg) > 1:
         return workers.supervise(
@@ -103,7 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     from pathlib import Path
 
-    from .server import serve
+    from .server.process import serve
 
     return asyncio.run(serve(cfg, config_path=Path(_config_path(args))))
 
@@ -116,7 +116,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run
+    from .dev.demo import run
 
     try:
         return asyncio.run(run(port=args.port, alg=args.alg, rotate_every=args.rotate_every))
@@ -131,8 +131,8 @@ def _url_host(host: str) -> str:
 
 
 async def _serve_issuer(args: argparse.Namespace) -> int:
-    from .admin import serve_app
-    from .issuer import DevIssuer, app
+    from .dev.issuer import DevIssuer, app
+    from .httpsite import start
 
     host, port = args.listen
     issuer = DevIssuer(
@@ -140,7 +140,7 @@ async def _serve_issuer(args: argparse.Namespace) -> int:
         token_ttl=args.token_ttl,
     )  # fmt: skip
     try:
-        runner, bound = await serve_app(app(issuer), host, port)
+        runner, bound = await start(app(issuer), host, port)
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         print(f"error: cannot listen on {host}:{port}: {reason.lower()}", file=sys.stderr)

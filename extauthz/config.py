@@ -29,8 +29,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from .core.paths import host_name
 from .errors import ConfigError
-from .paths import host_name
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -233,7 +233,9 @@ class TLS(_Model):
     client_ca_file: Path | None = None
 
 
-class Server(_Model):
+class ServerSettings(_Model):
+    """The ``server:`` section: listeners, processes, caches, TLS, shutdown."""
+
     listen: str = "0.0.0.0:9191"
     admin_listen: str | None = "127.0.0.1:9192"
     workers: Annotated[int | Literal["auto"], PlainValidator(_workers)] = 1
@@ -313,7 +315,7 @@ class Rule(_Model):
 
 
 class Config(_Model):
-    server: Server = Field(default_factory=Server)
+    server: ServerSettings = Field(default_factory=ServerSettings)
     providers: Mapping[str, Provider] = Field(min_length=1)
     rules: tuple[Rule, ...] | None = None
     default_action: Literal["deny", "allow"] = "deny"
@@ -445,6 +447,22 @@ def config_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
             if isinstance(other, str) and other not in providers:
                 found.append((f"rules.{i}.providers", f"unknown provider {other!r}"))
     return found
+
+
+#: ``server.*`` keys that only a restart changes (listeners, processes, TLS).
+RESTART_ONLY = ("listen", "admin_listen", "workers", "tls")
+
+
+def with_server(config: Config, **changes: Any) -> Config:
+    """``config`` with some ``server.*`` settings replaced, validated like a file's."""
+    current = {name: getattr(config.server, name) for name in ServerSettings.model_fields}
+    try:
+        server = ServerSettings.model_validate({**current, **changes})
+    except ValidationError as exc:
+        raise ConfigError(
+            [(f"server.{_path(e['loc'])}", _message(e)) for e in exc.errors()]
+        ) from None
+    return config.model_copy(update={"server": server})
 
 
 def split_address(value: str) -> tuple[str, int]:

@@ -1,13 +1,38 @@
-"""One error hierarchy.
+"""Every exception extauthz raises on purpose, in one place.
 
-Every way a request can be refused is a subclass of :class:`Denied`, which carries
-what the wire needs (HTTP status, gRPC code, RFC 6750 error code) and a coarse,
-token-free description. The mapping to the CheckResponse lives in one table in
-``extauthz.answers``; nothing else decides status codes.
+::
+
+    ExtAuthzError
+    ├── ConfigError               a configuration file or mapping is invalid
+    ├── LogSettingError           --log-level / --log-format / EXTAUTHZ_LOG_* is unknown
+    ├── JwksError                 a JWKS document holds no usable key (parse, not I/O)
+    │   └── KeyFetchError         a JWKS could not be fetched or read (I/O)
+    ├── EnvoyStartError           the development Envoy did not start
+    └── Denied                    a request is refused; ``kind`` says how
+        ├── MissingToken            no credentials where a token is required
+        ├── NoRuleMatched           default_action: deny and no rule matched
+        │   └── UnknownRule           context_extensions named a rule that does not exist
+        ├── InvalidToken            the token is not acceptable (each subclass one reason)
+        │   ├── MalformedToken, TokenTooLarge, AlgorithmNotAllowed, UnsupportedHeader,
+        │   │   UnknownIssuer, UnknownKey, BadSignature, Expired, NotYetValid,
+        │   │   WrongAudience, InvalidClaims, UnforwardableClaim
+        ├── InvalidRequest          the request is ambiguous (two tokens)
+        │   └── BadPath               a path upstreams would read differently
+        ├── InsufficientScope       a valid token without the rule's scopes or claims
+        └── Unavailable             no answer can be given now (503)
+            ├── KeysUnavailable       the provider has no usable keys
+            └── InternalError         a bug or an unforeseen input: fail closed
+
+A ``Denied`` carries what was decided — its ``kind`` (a :class:`DenyKind`), a bounded
+``reason`` for metrics and logs, and a coarse, token-free ``description`` — and nothing
+about any wire: each front door maps a kind to its own answer in one table.
+``UnsafeHeaderValue`` is a ``ValueError`` (a claim no header can carry) that the
+decision core turns into ``UnforwardableClaim``.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 
 
@@ -23,27 +48,48 @@ class ConfigError(ExtAuthzError):
         super().__init__("; ".join(f"{p}: {m}" if p else m for p, m in self.problems))
 
 
-class KeyFetchError(ExtAuthzError):
-    """A JWKS could not be fetched or parsed; the last good keys stay in use."""
+class LogSettingError(ExtAuthzError, ValueError):
+    """A log level or format that does not exist (from a flag or the environment)."""
 
 
-# gRPC status codes used in CheckResponse.status (google.rpc.Code).
-OK = 0
-INVALID_ARGUMENT = 3
-PERMISSION_DENIED = 7
-UNAVAILABLE = 14
-UNAUTHENTICATED = 16
+class JwksError(ExtAuthzError):
+    """A JWKS document holds no usable key; the last good keys stay in use."""
+
+
+class KeyFetchError(JwksError):
+    """A JWKS could not be fetched or read (network, HTTP status, file); the last good
+    keys stay in use."""
+
+
+class EnvoyStartError(ExtAuthzError, RuntimeError):
+    """The development Envoy (``extauthz demo``) exited or did not become ready."""
+
+
+class UnsafeHeaderValue(ValueError):
+    """A claim that no header value can carry faithfully."""
+
+
+class DenyKind(enum.Enum):
+    """What a refusal means, independent of any protocol (RFC 6750 §3.1 terms)."""
+
+    MISSING_TOKEN = "missing_token"  # no credentials: a challenge without an error
+    NO_RULE = "no_rule"  # nothing allows the request: also no error attribute
+    INVALID_TOKEN = "invalid_token"
+    INVALID_REQUEST = "invalid_request"
+    INSUFFICIENT_SCOPE = "insufficient_scope"
+    UNAVAILABLE = "unavailable"  # no answer can be given now; retry
 
 
 class Denied(ExtAuthzError):
     """A request is refused. ``reason`` is a bounded metrics label."""
 
-    http_status: int = 401
-    grpc_code: int = UNAUTHENTICATED
-    #: RFC 6750 error code, or None when the request carried no credentials (§3.1).
-    oauth_error: str | None = "invalid_token"
+    kind: DenyKind = DenyKind.INVALID_TOKEN
     reason: str = "denied"
     description: str = "access denied"
+    # What is known of the token when it was refused, for logs and metrics labels.
+    provider: str = ""
+    kid: str | None = None
+    iss: str | None = None
 
     def __init__(self, description: str | None = None, *, reason: str | None = None) -> None:
         if description is not None:
@@ -52,16 +98,40 @@ class Denied(ExtAuthzError):
             self.reason = reason
         super().__init__(self.description)
 
+    def about(self, provider: str, kid: str | None, iss: str | None) -> Denied:
+        """Note which provider, key and issuer the refused token named."""
+        self.provider, self.kid, self.iss = provider, kid, iss
+        return self
+
 
 class MissingToken(Denied):
-    oauth_error = None
+    kind = DenyKind.MISSING_TOKEN
     reason = "missing_token"
     description = "a bearer token is required"
+
+
+class NoRuleMatched(Denied):
+    """default_action: deny and no rule matched. No credentials problem, so no error code."""
+
+    kind = DenyKind.NO_RULE
+    reason = "no_rule"
+    description = "no rule allows this request"
+
+
+class UnknownRule(NoRuleMatched):
+    """``context_extensions: {extauthz_rule: NAME}`` names no rule: fail closed."""
+
+    reason = "unknown_rule"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__()
 
 
 class InvalidToken(Denied):
     """The token is not acceptable. Subclasses only fix ``reason``/``description``."""
 
+    kind = DenyKind.INVALID_TOKEN
     reason = "invalid_token"
     description = "token invalid"
 
@@ -130,17 +200,20 @@ class UnforwardableClaim(InvalidToken):
 
 
 class InvalidRequest(Denied):
-    http_status = 400
-    grpc_code = INVALID_ARGUMENT
-    oauth_error = "invalid_request"
+    kind = DenyKind.INVALID_REQUEST
     reason = "multiple_tokens"
     description = "more than one token presented"
 
 
+class BadPath(InvalidRequest):
+    """A request path that different upstreams would resolve differently."""
+
+    reason = "bad_path"
+    description = "ambiguous request path"
+
+
 class InsufficientScope(Denied):
-    http_status = 403
-    grpc_code = PERMISSION_DENIED
-    oauth_error = "insufficient_scope"
+    kind = DenyKind.INSUFFICIENT_SCOPE
     reason = "insufficient_scope"
     description = "insufficient scope"
 
@@ -151,27 +224,19 @@ class InsufficientScope(Denied):
         super().__init__(description, reason=reason)
 
 
-class NoRuleMatched(Denied):
-    """default_action: deny and no rule matched. No credentials problem, so no error code."""
-
-    oauth_error = None
-    reason = "no_rule"
-    description = "no rule allows this request"
+class Unavailable(Denied):
+    kind = DenyKind.UNAVAILABLE
+    reason = "unavailable"
+    description = "authorization temporarily unavailable"
 
 
-class KeysUnavailable(Denied):
-    http_status = 503
-    grpc_code = UNAVAILABLE
-    oauth_error = None
+class KeysUnavailable(Unavailable):
     reason = "keys_unavailable"
     description = "signing keys unavailable"
 
 
-class InternalError(Denied):
-    """A bug or an unforeseen input: fail closed, with a 5xx the operator will notice."""
+class InternalError(Unavailable):
+    """A bug or an unforeseen input: fail closed, with a 503 the operator will notice."""
 
-    http_status = 503
-    grpc_code = UNAVAILABLE
-    oauth_error = None
     reason = "internal_error"
     description = "authorization temporarily unavailable"

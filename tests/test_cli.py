@@ -24,8 +24,9 @@ from typing import Any
 
 import pytest
 
-from extauthz import admin, cli, demo, logs
-from extauthz.issuer import DevIssuer, app
+from extauthz import cli, httpsite, logs
+from extauthz.dev import demo
+from extauthz.dev.issuer import DevIssuer, app
 from tests.support.cli import fresh_shell_env
 
 CONFIG = """
@@ -86,7 +87,7 @@ class IssuerThread:
     def __enter__(self) -> IssuerThread:
         self.thread.start()
         started = asyncio.run_coroutine_threadsafe(
-            admin.serve_app(app(self.dev), "127.0.0.1", 0), self.loop
+            httpsite.start(app(self.dev), "127.0.0.1", 0), self.loop
         )
         self.runner, port = started.result(timeout=10)
         self.url = self.dev.issuer = f"http://127.0.0.1:{port}"

@@ -30,8 +30,8 @@ import yaml
 from pydantic import BaseModel, TypeAdapter
 from pydantic.fields import FieldInfo
 
+from extauthz.config import RESTART_ONLY as _RESTART_ONLY
 from extauthz.config import Config, Provider, from_mapping
-from extauthz.server import _RESTART_ONLY
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = "docs/configuration.md"

@@ -101,7 +101,7 @@ def rig() -> Iterator[Rig]:
             upstream_port=upstream.port,
             # Envoy's own per-route mechanism: /ops/* is judged by the `admin` rule.
             context_extensions=[("/ops", {"extauthz_rule": "admin"})],
-            bootstrap_kwargs={"listen_host": "127.0.0.1"},
+            listen_host="127.0.0.1",
             config_hook=_log_one_claim,
         ) as envoy:
             yield Rig(envoy, upstream)

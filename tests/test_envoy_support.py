@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from extauthz import envoy_config
-from tests.support.envoy import EnvoyProcess, envoy_binary
+from extauthz.dev import envoy_config
+from tests.support.envoy import EnvoyProcess, add_context_extensions, envoy_binary
 from tests.support.upstream import EchoUpstream
 
 pytestmark = pytest.mark.envoy
@@ -46,10 +46,11 @@ def test_rendered_bootstrap_validates(tmp_path: Path, suffix: str) -> None:
         upstream_port=8080,
         timeout="0.5s",
         unprotected_prefixes=["/healthz", "/public/"],
-        context_extensions=[("/admin", {"required_scope": "admin"})],
         access_log_path=str(tmp_path / "access.log"),
-        encode_raw_headers=True,
     )
+    # What the tests add on top: a per-route rule name, raw header encoding.
+    add_context_extensions(config, [("/admin", {"extauthz_rule": "admin"})])
+    envoy_config.ext_authz_settings(config)["encode_raw_headers"] = True
     path = envoy_config.write(config, tmp_path / f"bootstrap{suffix}")
     result = validate(path)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -62,11 +63,7 @@ def test_bootstrap_rejects_bad_input() -> None:
         )
     with pytest.raises(ValueError):
         envoy_config.bootstrap(
-            listen_port=0,
-            extauthz_port=1,
-            upstream_port=2,
-            unprotected_prefixes=["/a"],
-            context_extensions=[("/a", {})],
+            listen_port=0, extauthz_port=1, upstream_port=2, unprotected_prefixes=["/a", "/a"]
         )
     with pytest.raises(TypeError):
         envoy_config.bootstrap(

@@ -16,8 +16,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from extauthz import keys, metrics
+from extauthz import metrics
 from extauthz.config import Provider
+from extauthz.keys import source as keys
 from tests.support.certs import CA
 from tests.support.envoy import EnvoyProcess
 from tests.support.evil_http import EvilHttp

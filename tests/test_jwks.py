@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
-from extauthz import jwks
-from extauthz.errors import KeyFetchError
+from extauthz.errors import JwksError
+from extauthz.keys import jwks
 from tests.support.signing import Signer
 
 ALGS = [
@@ -39,7 +39,7 @@ def small_rsa_jwk(bits: int = 1024) -> dict[str, Any]:
 @pytest.mark.parametrize("alg", ALGS)
 def test_usable_keys_are_kept(signers: dict[str, Signer], alg: str) -> None:
     s = signers[alg]
-    ks = jwks.parse({"keys": [s.jwk()]})
+    ks = jwks.parse_keyset({"keys": [s.jwk()]})
     assert ks.skipped == ()
     (key,) = ks.keys
     assert key.kid == s.kid
@@ -56,14 +56,14 @@ def test_usable_keys_are_kept(signers: dict[str, Signer], alg: str) -> None:
 def test_mixed_document_from_bytes_and_str(signers: dict[str, Signer]) -> None:
     doc = {"keys": [signers[a].jwk() for a in ("RS256", "ES256", "EdDSA")]}
     for form in (json.dumps(doc), json.dumps(doc).encode()):
-        ks = jwks.parse(form)
+        ks = jwks.parse_keyset(form)
         assert ks.kids == {"k-RS256", "k-ES256", "k-EdDSA"}
         assert {k.kty for k in ks.keys} == {"RSA", "EC", "OKP"}
 
 
 def test_keys_without_use_or_alg_are_usable() -> None:
     key = ECKey.generate_key("P-256")
-    ks = jwks.parse({"keys": [key.as_dict(private=False)]})
+    ks = jwks.parse_keyset({"keys": [key.as_dict(private=False)]})
     (vk,) = ks.keys
     assert vk.kid is None and vk.alg is None and vk.crv == "P-256"
     assert ks.candidates(None, "ES256") == (vk,)
@@ -85,7 +85,7 @@ def test_unusable_members_are_skipped_with_reason(
     rsa_signer: Signer, extra: dict[str, Any], reason: str
 ) -> None:
     good = Signer("ES256", kid="good")
-    ks = jwks.parse({"keys": [rsa_signer.jwk(**extra), good.jwk()]})
+    ks = jwks.parse_keyset({"keys": [rsa_signer.jwk(**extra), good.jwk()]})
     assert [k.kid for k in ks.keys] == ["good"]
     ((label, why),) = ks.skipped
     assert reason in why
@@ -93,7 +93,9 @@ def test_unusable_members_are_skipped_with_reason(
 
 
 def test_enc_key_skipped_by_kid(rsa_signer: Signer) -> None:
-    ks = jwks.parse({"keys": [rsa_signer.jwk(use="enc", kid="enc-key"), Signer("EdDSA").jwk()]})
+    ks = jwks.parse_keyset(
+        {"keys": [rsa_signer.jwk(use="enc", kid="enc-key"), Signer("EdDSA").jwk()]}
+    )
     assert "enc-key" not in ks.kids
     assert ks.skipped[0][0] == "enc-key"
     assert "enc" in ks.skipped[0][1]
@@ -102,7 +104,7 @@ def test_enc_key_skipped_by_kid(rsa_signer: Signer) -> None:
 @pytest.mark.filterwarnings("ignore:Key size")
 @pytest.mark.parametrize("bits", [1024, 1536, 2040])
 def test_small_rsa_keys_skipped(bits: int) -> None:
-    ks = jwks.parse({"keys": [small_rsa_jwk(bits), Signer("ES256", kid="ec").jwk()]})
+    ks = jwks.parse_keyset({"keys": [small_rsa_jwk(bits), Signer("ES256", kid="ec").jwk()]})
     assert ks.kids == {"ec"}
     ((label, why),) = ks.skipped
     assert label == f"rsa-{bits}"
@@ -111,14 +113,16 @@ def test_small_rsa_keys_skipped(bits: int) -> None:
 
 @pytest.mark.filterwarnings("ignore:Key size")
 def test_small_rsa_only_document_rejected() -> None:
-    with pytest.raises(KeyFetchError, match="below 2048"):
-        jwks.parse({"keys": [small_rsa_jwk()]})
+    with pytest.raises(JwksError, match="below 2048"):
+        jwks.parse_keyset({"keys": [small_rsa_jwk()]})
 
 
 @pytest.mark.parametrize("crv", ["X25519", "X448"])
 def test_x_curve_okp_keys_skipped(crv: str) -> None:
     key = OKPKey.generate_key(crv)
-    ks = jwks.parse({"keys": [{**key.as_dict(private=False), "kid": "x"}, Signer("EdDSA").jwk()]})
+    ks = jwks.parse_keyset(
+        {"keys": [{**key.as_dict(private=False), "kid": "x"}, Signer("EdDSA").jwk()]}
+    )
     assert "x" not in ks.kids
     assert ks.skipped[0][0] == "x"
     assert "not a signature curve" in ks.skipped[0][1]
@@ -129,12 +133,12 @@ def test_private_members_not_imported(alg: str) -> None:
     s = Signer(alg, kid="leaky")
     leaked = {**s.key.as_dict(private=True), "kid": "leaky", "alg": alg}
     assert "d" in leaked
-    ks = jwks.parse({"keys": [leaked]})
+    ks = jwks.parse_keyset({"keys": [leaked]})
     (vk,) = ks.keys
     assert not vk.key.is_private
     assert vk.key.private_key is None
     assert "d" not in vk.key.as_dict(private=False)
-    assert vk.thumbprint == jwks.parse({"keys": [s.jwk()]}).keys[0].thumbprint
+    assert vk.thumbprint == jwks.parse_keyset({"keys": [s.jwk()]}).keys[0].thumbprint
 
 
 @pytest.mark.parametrize(
@@ -163,12 +167,12 @@ def test_private_members_not_imported(alg: str) -> None:
 )
 def test_junk_entries_skipped(junk: object) -> None:
     good = Signer("EdDSA", kid="good")
-    ks = jwks.parse({"keys": [junk, good.jwk()]})
+    ks = jwks.parse_keyset({"keys": [junk, good.jwk()]})
     assert ks.kids == {"good"}
     assert len(ks.keys) == 1
     assert len(ks.skipped) == 1
-    with pytest.raises(KeyFetchError):
-        jwks.parse({"keys": [junk]})
+    with pytest.raises(JwksError):
+        jwks.parse_keyset({"keys": [junk]})
 
 
 @pytest.mark.parametrize(
@@ -189,13 +193,13 @@ def test_junk_entries_skipped(junk: object) -> None:
     ],
 )
 def test_no_usable_key_raises(document: Any) -> None:
-    with pytest.raises(KeyFetchError):
-        jwks.parse(document)
+    with pytest.raises(JwksError):
+        jwks.parse_keyset(document)
 
 
 def test_duplicate_kids_are_all_candidates() -> None:
     a, b = Signer("ES256", kid="same"), Signer("ES256", kid="same")
-    ks = jwks.parse({"keys": [a.jwk(), b.jwk()]})
+    ks = jwks.parse_keyset({"keys": [a.jwk(), b.jwk()]})
     assert len(ks.by_kid["same"]) == 2
     assert len(ks.candidates("same", "ES256")) == 2
 
@@ -233,7 +237,7 @@ def test_candidates_enforce_kty_crv_and_jwk_alg(
     signers: dict[str, Signer], key_alg: str, token_alg: str, ok: bool
 ) -> None:
     s = signers[key_alg]
-    ks = jwks.parse({"keys": [s.jwk()]})
+    ks = jwks.parse_keyset({"keys": [s.jwk()]})
     assert bool(ks.candidates(s.kid, token_alg)) is ok
     assert bool(ks.candidates(None, token_alg)) is ok
 
@@ -265,7 +269,7 @@ def test_candidates_without_jwk_alg(key: str, token_alg: str, ok: bool) -> None:
         k = ECKey.generate_key(key)
     else:
         k = OKPKey.generate_key(key)
-    ks = jwks.parse({"keys": [{**k.as_dict(private=False), "kid": "k"}]})
+    ks = jwks.parse_keyset({"keys": [{**k.as_dict(private=False), "kid": "k"}]})
     assert bool(ks.candidates("k", token_alg)) is ok
 
 

@@ -10,8 +10,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from extauthz import keys, metrics
+from extauthz import metrics
 from extauthz.config import Provider
+from extauthz.keys import source as keys
 from tests.support.jwks_server import JwksServer
 from tests.support.signing import Signer, jwks
 

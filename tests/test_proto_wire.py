@@ -123,7 +123,7 @@ def test_generated_modules_are_namespaced() -> None:
     # neither what other tests imported nor the checkout's path can sway the answer.
     probe = (
         "import sys\n"
-        "import extauthz.server\n"
+        "import extauthz.server.process\n"
         "from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2\n"
         "top = ('envoy', 'xds', 'udpa')\n"
         "print(sorted(n for n in sys.modules if n.partition('.')[0] in top))\n"

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from extauthz.envoy_process import KeepAlive
-from extauthz.issuer import DevIssuer
+from extauthz.dev.issuer import DevIssuer
 from tests.support.envoy import EnvoyProcess
+from tests.support.http import KeepAlive
 from tests.support.jwks_server import JwksServer
 from tests.support.serve import ServeProcess
 from tests.support.signing import Signer, claims

@@ -18,8 +18,8 @@ from extauthz import metrics
 from extauthz._proto.envoy.config.core.v3 import base_pb2
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2 as pb
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
-from extauthz.envoy_process import http_request
-from extauthz.policy import Decision
+from extauthz.core.decision import Decision
+from tests.support.http import http_request
 from tests.support.jwks_server import JwksServer
 from tests.support.serve import ServeProcess
 from tests.support.server import ServerThread, wait_for

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from extauthz.config import DEFAULT_TOKEN_SOURCES, TokenSource
+from extauthz.core.tokens import cookies, extract, query_params
 from extauthz.errors import InvalidRequest, MalformedToken
-from extauthz.tokens import cookies, extract, query_params
+from tests.support.answers import wire
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1In0.c2ln"
 OTHER = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ2In0.c2lnMg"
@@ -120,8 +121,8 @@ def test_empty_token_is_malformed(
 def test_two_different_tokens_is_invalid_request(headers: dict[str, str], path: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         extract(headers, path, ALL)
-    assert info.value.http_status == 400
-    assert info.value.oauth_error == "invalid_request"
+    assert wire(info.value).http_status == 400
+    assert wire(info.value).oauth_error == "invalid_request"
 
 
 @pytest.mark.parametrize(

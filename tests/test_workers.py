@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
-from extauthz.envoy_process import http_request
+from tests.support.http import http_request
 from tests.support.serve import ServeProcess
 from tests.support.server import wait_for
 from tests.support.signing import Signer, claims, jwks

@@ -17,9 +17,13 @@ from typing import Any
 import pytest
 
 from extauthz import config as cfgmod
-from extauthz import jwks, wire
-from extauthz.policy import AuthRequest, Decision, NeedKeys, Policy
+from extauthz.core.decision import Decision
+from extauthz.core.policy import Policy
+from extauthz.core.request import AuthRequest
+from extauthz.frontdoor import grpc
+from extauthz.keys import jwks
 from tests.adversarial import build
+from tests.support.answers import settled, wire
 from tests.support.envoy import EnvoyProcess
 from tests.support.jwks_server import JwksServer
 from tests.support.server import ServerThread
@@ -50,12 +54,12 @@ def policy() -> Policy:
 
 @pytest.fixture(scope="module")
 def keysets() -> dict[str, jwks.KeySet]:
-    fetched = jwks.parse(build.jwks_document(), allow_symmetric=False)
+    fetched = jwks.parse_keyset(build.jwks_document(), allow_symmetric=False)
     assert "x25519" in dict(fetched.skipped), "the X25519 key must be skipped"
     return {
         "main": fetched,
-        "hs": jwks.parse(build.jwks_document(), allow_symmetric=True),
-        "inline": jwks.parse(build.inline_jwks(), allow_symmetric=True),
+        "hs": jwks.parse_keyset(build.jwks_document(), allow_symmetric=True),
+        "inline": jwks.parse_keyset(build.inline_jwks(), allow_symmetric=True),
     }
 
 
@@ -63,26 +67,28 @@ def decide(policy: Policy, keysets: dict[str, jwks.KeySet], case: dict[str, Any]
     now = int(time.time())
     method, path, headers = build.request(case, now)
     req = AuthRequest(method=method, host=headers["host"], path=path, headers=headers)
-    try:
-        return policy.decide(req, keysets.get, float(now))
-    except NeedKeys as need:  # the refetch found nothing new: the kid stays unknown
-        return policy.unknown_kid(need)
+    # An unknown kid: answered as after a refetch that found nothing new.
+    return settled(policy.decide(req, keysets.get, float(now)))
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_decision(policy: Policy, keysets: dict[str, jwks.KeySet], case: dict[str, Any]) -> None:
     expect = case["expect"]
     d = decide(policy, keysets, case)
-    got = {"status": d.http_status, "error": d.oauth_error, "description": d.description}
+    got = {
+        "status": wire(d).http_status,
+        "error": wire(d).oauth_error,
+        "description": d.description,
+    }
     assert d.allowed == (expect["status"] == 200), (case["description"], got)
-    assert d.http_status == expect["status"], (case["description"], got)
+    assert wire(d).http_status == expect["status"], (case["description"], got)
     # What the gRPC adapter would send Envoy (no socket): the encoding must not fail either.
-    answer = wire.to_check_response(d, build.REALM)
+    answer = grpc.CheckResponse.FromString(grpc.encode(d, build.REALM))
     assert (answer.status.code == 0) == d.allowed
     if d.allowed:
         return
     assert answer.denied_response.status.code == expect["status"]
-    assert d.oauth_error == expect.get("error"), (case["description"], got)
+    assert wire(d).oauth_error == expect.get("error"), (case["description"], got)
     if "description" in expect:
         assert d.description == expect["description"], (case["description"], got)
     if "scope" in expect:

@@ -25,9 +25,12 @@ from joserfc import jwk
 from joserfc.errors import JoseError
 from joserfc.jws import JWSRegistry
 
-from extauthz import config, jwks
-from extauthz.errors import KeyFetchError
-from extauthz.policy import AuthRequest, NeedKeys, Policy
+from extauthz import config
+from extauthz.core.policy import Policy
+from extauthz.core.request import AuthRequest
+from extauthz.errors import JwksError
+from extauthz.keys import jwks
+from tests.support.answers import settled
 
 
 @dataclass(frozen=True)
@@ -52,9 +55,9 @@ def extauthz(
     (``NeedKeys``) is answered as after a refetch that did not find it.
     """
     try:
-        keyset: jwks.KeySet | None = jwks.parse(document)
+        keyset: jwks.KeySet | None = jwks.parse_keyset(document)
         error = None
-    except KeyFetchError as exc:
+    except JwksError as exc:
         keyset, error = None, str(exc)
     usable = len(keyset.keys) if keyset is not None else 0
     if provider is None or token is None:
@@ -69,10 +72,7 @@ def extauthz(
     provider = {**provider, "issuer": as_url(provider["issuer"])}
     policy = Policy(config.from_mapping({"providers": {"outside": {**provider, **source}}}))
     request = AuthRequest(headers={"authorization": "Bearer " + token})
-    try:
-        decision = policy.decide(request, lambda _name: keyset, now)
-    except NeedKeys as need:
-        decision = policy.unknown_kid(need)
+    decision = settled(policy.decide(request, lambda _name: keyset, now))
     return Outcome(error, usable, decision.allowed, decision.reason)
 
 

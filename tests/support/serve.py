@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from extauthz.envoy_process import http_request
+from tests.support.http import http_request
 from tests.support.server import wait_for
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from extauthz import config as cfgmod
-from extauthz.server import Server
+from extauthz.server.process import ServingProcess
 
 T = TypeVar("T")
 
@@ -30,7 +30,7 @@ class ServerThread:
         self.config = config
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.server = Server(config)
+        self.server = ServingProcess(config)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)

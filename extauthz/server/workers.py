@@ -23,10 +23,10 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from . import config as cfgmod
-from . import logs
-from .config import Config, split_address
-from .errors import ConfigError
+from .. import config as cfgmod
+from .. import logs
+from ..config import Config, split_address
+from ..errors import ConfigError
 
 _log = logs.get("extauthz.workers")
 
@@ -49,14 +49,12 @@ def _reserve(host: str, port: int) -> socket.socket:
 def _worker(config_path: str, listen: str, status_file: str, log_level: str | None,
             log_format: str | None) -> None:  # fmt: skip
     # A fresh interpreter (spawn): configure logging and load the config again here.
-    from . import config as cfgmod
-    from . import logs as logmod
-    from .server import serve
+    from .. import logs as logmod
+    from .process import serve
 
     logmod.configure(log_level, log_format)
-    cfg = cfgmod.load(config_path)
     overrides = {"listen": listen, "admin_listen": None}
-    cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update=overrides)})
+    cfg = cfgmod.with_server(cfgmod.load(config_path), **overrides)
     code = asyncio.run(
         serve(cfg, reuse_port=True, status_file=Path(status_file), announce=False,
               config_path=Path(config_path), overrides=overrides)

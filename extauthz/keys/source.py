@@ -31,9 +31,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from . import files, jwks, logs, metrics
-from .config import Provider
-from .errors import KeyFetchError
+from .. import files, logs, metrics
+from ..config import Provider
+from ..errors import JwksError, KeyFetchError
+from . import jwks
 
 MAX_JWKS_BYTES = 1 << 20
 #: Kids just proven absent by a refetch; bounded so junk kids cannot grow memory.
@@ -137,12 +138,12 @@ class HttpFetcher:
             try:
                 doc = json.loads(await _read_capped(resp))
             except ValueError:
-                raise KeyFetchError("discovery document is not JSON") from None
+                raise JwksError("discovery document is not JSON") from None
         if not isinstance(doc, dict) or doc.get("issuer") != self._provider.issuer:
-            raise KeyFetchError("discovery document names a different issuer")
+            raise JwksError("discovery document names a different issuer")
         uri = doc.get("jwks_uri")
         if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
-            raise KeyFetchError("discovery document has no valid jwks_uri")
+            raise JwksError("discovery document has no valid jwks_uri")
         return uri
 
     async def fetch(self, *, no_cache: bool = False) -> Fetched | object:
@@ -316,7 +317,7 @@ class KeySource:
                 outcome = "not_modified"
             else:
                 assert isinstance(result, Fetched)
-                new = jwks.parse(
+                new = jwks.parse_keyset(
                     result.body,
                     allow_symmetric=not isinstance(self._fetcher, HttpFetcher),
                     min_rsa_bits=self.provider.min_rsa_bits,
@@ -325,7 +326,7 @@ class KeySource:
                 self._swap(new)
                 outcome = "success"
                 self._schedule(result.max_age)
-        except KeyFetchError as exc:
+        except JwksError as exc:
             self._failures += 1
             self.last_error = str(exc)
             metrics.JWKS_FETCHES.labels(self.name, "error", trigger).inc()

@@ -44,7 +44,6 @@ class _Key:
     kid: str
     key: Any
     latest_exp: float = 0.0  # latest exp of any token signed with it
-    retired_at: float | None = None
 
 
 class DevIssuer:
@@ -89,13 +88,8 @@ class DevIssuer:
             self._rotate()
         self._retired = [k for k in self._retired if k.latest_exp + self.retire_grace > now]
 
-    def rotate(self) -> None:
-        with self._lock:
-            self._rotate()
-
     def _rotate(self) -> None:
         now = self._clock()
-        self._current.retired_at = now
         self._retired.append(self._current)
         self._current = self._next or self._new_key()
         self._next = self._new_key() if self.rotate_every else None

@@ -9,8 +9,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import metrics
-from .keys import KeySource
+from .. import httpsite, metrics
+from ..keys.source import KeySource
 
 Status = Callable[[], dict[str, Any]]
 
@@ -55,17 +55,5 @@ def app(status: Status) -> web.Application:
     return application
 
 
-async def serve_app(
-    application: web.Application, host: str, port: int
-) -> tuple[web.AppRunner, int]:
-    """Run an aiohttp app on host:port (0 picks a free port); returns it and the bound port."""
-    runner = web.AppRunner(application, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, int(bound)
-
-
 async def start(address: tuple[str, int], status: Status) -> tuple[web.AppRunner, int]:
-    return await serve_app(app(status), *address)
+    return await httpsite.start(app(status), *address)

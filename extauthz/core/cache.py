@@ -8,9 +8,7 @@ so it is byte for byte the verified one), the window is checked against ``now``,
 the rule runs as usual. An entry whose key has left the provider's JWKS is ignored on
 lookup and purged at the swap, so a revoked key stops working for cached tokens too.
 
-Separately, a small memo keeps the finished answers of the hottest tokens (decision
-and encoded response), valid only behind a fresh cache hit.
-Both are bounded and evict their oldest entries first (O(1)).
+Bounded: writing into a full cache overwrites its oldest entry (O(1)).
 """
 
 from __future__ import annotations
@@ -18,15 +16,12 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections.abc import Collection
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from . import metrics
+from .. import metrics
 
 _HIT = metrics.TOKEN_CACHE.labels("hit")
 _MISS = metrics.TOKEN_CACHE.labels("miss")
-
-#: Finished answers kept for the hottest tokens (each holds claims and encoded bytes).
-MEMO_SIZE = 256
 
 
 def digest(token: str) -> bytes:
@@ -47,7 +42,7 @@ class TokenCache:
     entry, so 100k cached tokens cost some 13 MB. Writing into a full ring overwrites
     the oldest slot."""
 
-    def __init__(self, size: int, memo_size: int = MEMO_SIZE) -> None:
+    def __init__(self, size: int) -> None:
         self.size = size
         self._slot: dict[bytes, int] = {}
         self._keys: list[bytes | None] = [None] * size
@@ -56,8 +51,6 @@ class TokenCache:
         self._before = array("d", bytes(8 * size))
         self._next = 0
         self._interned: dict[tuple[str, str, str | None], tuple[str, str, str | None]] = {}
-        self._memo: dict[Any, Any] = {}
-        self._memo_size = min(memo_size, size)
 
     def __len__(self) -> int:
         return len(self._slot)
@@ -93,12 +86,6 @@ class TokenCache:
         self._after[i] = entry.not_after
         self._before[i] = entry.not_before
 
-    def memo_get(self, key: Any) -> Any:
-        return self._memo.get(key)
-
-    def memo_put(self, key: Any, value: Any) -> None:
-        _bounded_put(self._memo, key, value, self._memo_size)
-
     def purge(self, provider: str, keep: Collection[str]) -> int:
         """Drop entries of ``provider`` verified by a key not in ``keep``."""
         gone = []
@@ -109,15 +96,7 @@ class TokenCache:
         for key in gone:
             self.drop(key)
         if gone:
-            self._memo.clear()  # answers are only reached through entries
             self._interned = {
                 r: r for r in self._interned.values() if r[1] in keep or r[0] != provider
             }
         return len(gone)
-
-
-def _bounded_put(entries: dict[Any, Any], key: Any, value: Any, size: int) -> None:
-    if key not in entries and len(entries) >= size:
-        # dicts keep insertion order: drop the oldest entry (FIFO bound, O(1)).
-        del entries[next(iter(entries))]
-    entries[key] = value

@@ -4,9 +4,9 @@ Pure module: :func:`bootstrap` returns a plain ``dict`` (JSON-serialisable, and
 therefore also valid YAML, which is what Envoy reads). :func:`to_json` /
 :func:`to_yaml` serialise it and :func:`write` is the only function doing I/O.
 
-Used by the real-Envoy test support (``tests/support/envoy.py``) and by
-``extauthz demo``. ``envoy/envoy.yaml`` is the hand-written, commented
-equivalent for users.
+Used by ``extauthz demo``; the tests and the benchmark start from it and adjust
+the dict (:func:`connection_manager`, :func:`route`). ``envoy/envoy.yaml`` is the
+hand-written, commented equivalent for users.
 
 Security posture (fail closed):
 
@@ -28,19 +28,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "ACCESS_LOG_FORMAT",
-    "EXTAUTHZ_CLUSTER",
-    "EXT_AUTHZ_FILTER",
-    "JWT_AUTHN_FILTER",
-    "LISTENER_NAME",
-    "UPSTREAM_CLUSTER",
-    "bootstrap",
-    "to_json",
-    "to_yaml",
-    "write",
-]
-
 EXTAUTHZ_CLUSTER = "extauthz"
 UPSTREAM_CLUSTER = "upstream"
 LISTENER_NAME = "ingress"
@@ -55,8 +42,6 @@ _HCM_TYPE = (
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 )
 _ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-_JWT_AUTHN_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
-JWT_AUTHN_FILTER = "envoy.filters.http.jwt_authn"
 _HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _FILE_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 _STDOUT_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
@@ -153,52 +138,27 @@ def _prefix_match(prefix: str) -> dict[str, Any]:
     return {"path_separated_prefix": prefix}
 
 
-def _upstream_route(
-    match: dict[str, Any], per_route: dict[str, Any] | None, direct_response: bool = False
-) -> dict[str, Any]:
-    route: dict[str, Any] = {"match": match}
-    if direct_response:
-        # Envoy answers itself (after the HTTP filters ran): a zero-cost upstream.
-        route["direct_response"] = {"status": 200, "body": {"inline_string": "ok\n"}}
-    else:
-        route["route"] = {"cluster": UPSTREAM_CLUSTER}
+def route(prefix: str, per_route: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A route to the upstream for ``prefix``; ``per_route`` is an ``ExtAuthzPerRoute``
+    body (``{"disabled": True}``, ``{"check_settings": {...}}``)."""
+    out: dict[str, Any] = {"match": _prefix_match(prefix), "route": {"cluster": UPSTREAM_CLUSTER}}
     if per_route is not None:
-        route["typed_per_filter_config"] = {
+        out["typed_per_filter_config"] = {
             EXT_AUTHZ_FILTER: {"@type": _EXT_AUTHZ_PER_ROUTE_TYPE, **per_route}
         }
-    return route
+    return out
 
 
-def _routes(
-    unprotected_prefixes: Sequence[str],
-    context_extensions: Sequence[tuple[str, Mapping[str, str]]],
-    direct_response: bool = False,
-) -> list[dict[str, Any]]:
-    seen: set[str] = set()
-    routes: list[dict[str, Any]] = []
-    # Envoy takes the first matching route: specific prefixes first, in the
-    # order given, then the catch-all (which is protected by the HCM-level
-    # ext_authz filter with no per-route override).
-    for prefix in unprotected_prefixes:
-        if prefix in seen:
-            raise ValueError(f"duplicate route prefix: {prefix!r}")
-        seen.add(prefix)
-        routes.append(_upstream_route(_prefix_match(prefix), {"disabled": True}, direct_response))
-    for prefix, extensions in context_extensions:
-        if prefix in seen:
-            raise ValueError(f"duplicate route prefix: {prefix!r}")
-        seen.add(prefix)
-        check_settings = {"context_extensions": {str(k): str(v) for k, v in extensions.items()}}
-        routes.append(
-            _upstream_route(
-                _prefix_match(prefix), {"check_settings": check_settings}, direct_response
-            )
-        )
-    routes.append(_upstream_route({"prefix": "/"}, None, direct_response))
-    return routes
+def _routes(unprotected_prefixes: Sequence[str]) -> list[dict[str, Any]]:
+    if len(set(unprotected_prefixes)) != len(unprotected_prefixes):
+        raise ValueError(f"duplicate route prefix in {list(unprotected_prefixes)!r}")
+    # Envoy takes the first matching route: the exemptions first, then the catch-all
+    # (protected by the connection-wide ext_authz filter).
+    routes = [route(prefix, {"disabled": True}) for prefix in unprotected_prefixes]
+    return [*routes, {"match": {"prefix": "/"}, "route": {"cluster": UPSTREAM_CLUSTER}}]
 
 
-def _ext_authz_filter(timeout: str, encode_raw_headers: bool) -> dict[str, Any]:
+def _ext_authz_filter(timeout: str) -> dict[str, Any]:
     config: dict[str, Any] = {
         "@type": _EXT_AUTHZ_TYPE,
         "transport_api_version": "V3",
@@ -214,36 +174,16 @@ def _ext_authz_filter(timeout: str, encode_raw_headers: bool) -> dict[str, Any]:
         "status_on_error": {"code": "ServiceUnavailable"},
         "include_peer_certificate": False,
     }
-    if encode_raw_headers:
-        # Send headers as raw bytes (header_map) instead of the lossy
-        # string map in AttributeContext.HttpRequest.headers.
-        config["encode_raw_headers"] = True
     return {"name": EXT_AUTHZ_FILTER, "typed_config": config}
 
 
-def _jwt_authn_filter(jwt_authn: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "name": JWT_AUTHN_FILTER,
-        "typed_config": {"@type": _JWT_AUTHN_TYPE, **dict(jwt_authn)},
-    }
-
-
 def _http_connection_manager(
-    *,
-    routes: list[dict[str, Any]],
-    timeout: str,
-    access_log_path: str | None,
-    encode_raw_headers: bool,
-    ext_authz: bool = True,
-    jwt_authn: Mapping[str, Any] | None = None,
-    access_log: bool = True,
+    *, routes: list[dict[str, Any]], timeout: str, access_log_path: str | None
 ) -> dict[str, Any]:
-    filters: list[dict[str, Any]] = []
-    if jwt_authn is not None:
-        filters.append(_jwt_authn_filter(jwt_authn))
-    if ext_authz:
-        filters.append(_ext_authz_filter(timeout, encode_raw_headers))
-    filters.append({"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_TYPE}})
+    filters = [
+        _ext_authz_filter(timeout),
+        {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_TYPE}},
+    ]
     hcm: dict[str, Any] = {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -272,44 +212,25 @@ def _http_connection_manager(
             "http_filters": filters,
         },
     }
-    if not access_log:
-        del hcm["typed_config"]["access_log"]
     return hcm
 
 
 def bootstrap(
     *,
-    listen_port: int,
     extauthz_port: int,
     upstream_port: int,
-    admin_port: int = 0,
+    listen_port: int = 0,
     listen_host: str = "127.0.0.1",
     timeout: str = "1s",
     unprotected_prefixes: Sequence[str] = (),
-    context_extensions: Sequence[tuple[str, Mapping[str, str]]] = (),
     access_log_path: str | None = None,
-    encode_raw_headers: bool = False,
-    ext_authz: bool = True,
-    jwt_authn: Mapping[str, Any] | None = None,
-    direct_response: bool = False,
-    access_log: bool = True,
 ) -> dict[str, Any]:
-    """Return an Envoy v3 bootstrap as a dict.
+    """An Envoy v3 bootstrap (a dict): a listener that asks extauthz about every request
+    except those under ``unprotected_prefixes``, then proxies to the upstream.
 
-    Ports may be 0 (the OS picks one; read the bound ports from the admin API:
-    ``--admin-address-path`` and ``GET /listeners?format=json``).
-
-    ``unprotected_prefixes``: routes on which ext_authz is disabled.
-    ``context_extensions``: ``(prefix, {key: value})`` pairs sent as
-    ``CheckRequest.attributes.context_extensions`` for that route.
-    ``access_log_path``: JSON access-log file; ``None`` logs to stdout.
-
-    Benchmark knobs (defaults keep the output above unchanged):
-    ``ext_authz=False`` leaves the ext_authz filter out (Envoy alone);
-    ``jwt_authn``: the body of an ``envoy.filters.http.jwt_authn`` ``JwtAuthentication``
-    config (``providers``, ``rules``, ...; ``@type`` is added), inserted first;
-    ``direct_response=True``: every route answers 200 from Envoy itself instead of
-    proxying to the upstream cluster; ``access_log=False``: no access log.
+    Ports may be 0 (the OS picks; read the bound ports from the admin API). The admin
+    listener is on 127.0.0.1, port 0. ``access_log_path``: a JSON access-log file;
+    ``None`` logs to stdout.
     """
     if isinstance(unprotected_prefixes, str):
         raise TypeError("unprotected_prefixes must be a sequence of strings, not a string")
@@ -317,36 +238,22 @@ def bootstrap(
         ("listen_port", listen_port),
         ("extauthz_port", extauthz_port),
         ("upstream_port", upstream_port),
-        ("admin_port", admin_port),
     ):
         if not 0 <= port <= 65535:
             raise ValueError(f"{name} out of range: {port}")
     if extauthz_port == 0 or upstream_port == 0:
         raise ValueError("extauthz_port and upstream_port must be real ports, not 0")
-
-    routes = _routes(unprotected_prefixes, context_extensions, direct_response)
+    hcm = _http_connection_manager(
+        routes=_routes(unprotected_prefixes), timeout=timeout, access_log_path=access_log_path
+    )
     return {
-        "admin": {"address": _socket_address("127.0.0.1", admin_port)},
+        "admin": {"address": _socket_address("127.0.0.1", 0)},
         "static_resources": {
             "listeners": [
                 {
                     "name": LISTENER_NAME,
                     "address": _socket_address(listen_host, listen_port),
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                _http_connection_manager(
-                                    routes=routes,
-                                    timeout=timeout,
-                                    access_log_path=access_log_path,
-                                    encode_raw_headers=encode_raw_headers,
-                                    ext_authz=ext_authz,
-                                    jwt_authn=jwt_authn,
-                                    access_log=access_log,
-                                )
-                            ]
-                        }
-                    ],
+                    "filter_chains": [{"filters": [hcm]}],
                 }
             ],
             "clusters": [
@@ -355,6 +262,23 @@ def bootstrap(
             ],
         },
     }
+
+
+def connection_manager(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The HttpConnectionManager's ``typed_config`` of a :func:`bootstrap` (to adjust
+    its ``http_filters``, ``route_config`` or ``access_log``)."""
+    listener = config["static_resources"]["listeners"][0]
+    typed: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return typed
+
+
+def ext_authz_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ext_authz filter's ``typed_config`` of a :func:`bootstrap`."""
+    filters = connection_manager(config)["http_filters"]
+    typed: dict[str, Any] = next(f for f in filters if f["name"] == EXT_AUTHZ_FILTER)[
+        "typed_config"
+    ]
+    return typed
 
 
 def to_json(config: Mapping[str, Any]) -> str:

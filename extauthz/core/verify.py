@@ -1,6 +1,6 @@
 """Token verification (RFC 7519 / RFC 8725) through joserfc. Verification raises.
 
-``parse`` does the cheap, key-free checks; ``verify`` selects the key (by provider,
+``parse_token`` does the cheap, key-free checks; ``verify_token`` selects the key (by provider,
 then ``kid``; never from ``jku``/``x5u``/``jwk``/``x5c``), checks the signature and the
 claims. ``check_claims`` derives the validity window once; a verified-token cache keeps
 that window and re-checks only it on a hit (``check_window``): issuer, audience and
@@ -21,9 +21,9 @@ from joserfc.errors import JoseError
 from joserfc.jws import JWSRegistry
 from joserfc.util import urlsafe_b64decode
 
-from . import errors
-from .config import Provider
-from .jwks import KeySet
+from .. import errors
+from ..config import Provider
+from ..keys.jwks import KeySet
 
 MAX_TOKEN_BYTES = 8192
 
@@ -130,10 +130,7 @@ class Verified:
     # The validity window with clock skew applied, so a cache hit re-checks time cheaply.
     not_after: float = math.inf
     not_before: float = -math.inf
-
-    @property
-    def exp(self) -> float:
-        return float(self.claims["exp"])
+    digest: bytes = field(default=b"", repr=False)  # the token's, when a cache keyed it
 
 
 def check_window(not_after: float, not_before: float, now: float) -> None:
@@ -144,7 +141,7 @@ def check_window(not_after: float, not_before: float, now: float) -> None:
         raise errors.NotYetValid()
 
 
-def parse(token: str) -> Unverified:
+def parse_token(token: str) -> Unverified:
     """Key-free checks: size, shape, header, JSON payload. Raises InvalidToken subclasses."""
     if len(token) > MAX_TOKEN_BYTES:
         raise errors.TokenTooLarge()
@@ -192,7 +189,7 @@ def parse(token: str) -> Unverified:
 
 
 def claims_of(token: str) -> dict[str, Any]:
-    """The payload of a token that already passed ``parse`` and ``verify`` (cache hits)."""
+    """The payload of a token that already passed ``parse_token`` and ``verify_token``."""
     claims: dict[str, Any] = json.loads(urlsafe_b64decode(token.split(".")[1].encode()))
     return claims
 
@@ -254,7 +251,9 @@ def check_claims(claims: Mapping[str, Any], provider: Provider, now: float) -> t
     return exp + skew, (max(starts) - skew if starts else -math.inf)
 
 
-def verify(token: Unverified, name: str, provider: Provider, keys: KeySet, now: float) -> Verified:
+def verify_token(
+    token: Unverified, name: str, provider: Provider, keys: KeySet, now: float
+) -> Verified:
     """Signature and claims. Raises; never returns an unverified result.
 
     ``UnknownKey`` means no key of this provider carries the token's ``kid``: the caller

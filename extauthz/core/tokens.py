@@ -6,8 +6,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from .config import TokenSource
-from .errors import InvalidRequest, MalformedToken
+from ..config import TokenSource
+from ..errors import InvalidRequest, MalformedToken
 
 
 @dataclass(frozen=True, slots=True)

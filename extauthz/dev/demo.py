@@ -9,16 +9,20 @@ import asyncio
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from . import admin, config, issuer, logs
-from .server import Server
+from .. import config, httpsite, logs
+from ..errors import EnvoyStartError
+from ..server.process import ServingProcess
+from . import envoy_config, issuer
 
 AUDIENCE = "demo-api"
 TOKEN_TTL = 3600.0  # long enough for an unhurried trial; rotation keeps working (issuer.py)
@@ -76,13 +80,16 @@ def demo_config(issuer_url: str, rotate_every: float) -> config.Config:
 
 
 def _start_envoy(port: int, grpc_port: int, upstream_port: int) -> Any:
-    from .envoy_process import EnvoyProcess, EnvoyStartError
+    from .envoy import EnvoyProcess
 
+    workdir = Path(tempfile.mkdtemp(prefix="extauthz-demo-envoy-"))
+    bootstrap = envoy_config.bootstrap(
+        listen_port=port, extauthz_port=grpc_port, upstream_port=upstream_port,
+        unprotected_prefixes=["/healthz"], timeout="0.5s",
+        access_log_path=str(workdir / "access.log"),
+    )  # fmt: skip
     try:
-        return EnvoyProcess(
-            listen_port=port, extauthz_port=grpc_port, upstream_port=upstream_port,
-            unprotected_prefixes=["/healthz"], timeout="0.5s",
-        ).start()  # fmt: skip
+        return EnvoyProcess(bootstrap, workdir=workdir).start()
     except EnvoyStartError:
         if port == 0:
             raise
@@ -95,14 +102,14 @@ async def run(*, port: int = 10000, alg: str = "EdDSA", rotate_every: float = 60
         "http://127.0.0.1", alg=alg, rotate_every=rotate_every or None,
         token_ttl=TOKEN_TTL,
     )  # fmt: skip
-    iss_runner, iss_port = await admin.serve_app(issuer.app(dev), "127.0.0.1", 0)
+    iss_runner, iss_port = await httpsite.start(issuer.app(dev), "127.0.0.1", 0)
     dev.issuer = f"http://127.0.0.1:{iss_port}"  # known only once bound
 
     up_app = web.Application()
     up_app.router.add_route("*", "/{tail:.*}", _upstream)
-    up_runner, up_port = await admin.serve_app(up_app, "127.0.0.1", 0)
+    up_runner, up_port = await httpsite.start(up_app, "127.0.0.1", 0)
 
-    server = Server(demo_config(dev.issuer, rotate_every or 60.0))
+    server = ServingProcess(demo_config(dev.issuer, rotate_every or 60.0))
     await server.start()
     deadline = time.monotonic() + 15
     while not server.ready:
@@ -172,6 +179,7 @@ async def run(*, port: int = 10000, alg: str = "EdDSA", rotate_every: float = 60
         print("\nstopping…", flush=True)
         if envoy is not None:
             await asyncio.to_thread(envoy.stop)
+            shutil.rmtree(envoy.workdir, ignore_errors=True)
         await server.stop(grace=1.0)
         for runner in (up_runner, iss_runner):
             with contextlib.suppress(Exception):

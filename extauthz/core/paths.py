@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidRequest
+from ..errors import BadPath
 
 _UNRESERVED = re.compile(
     r"%(4[1-9A-Fa-f]|5[0-9Aa]|6[1-9A-Fa-f]|7[0-9Aa]|3[0-9]|2[DdEe]|5[Ff]|7[Ee])"
@@ -34,13 +34,6 @@ _AMBIGUOUS = re.compile(
     r"%(2[Ff]|5[Cc]|3[Bb]|[01][0-9A-Fa-f]|7[Ff]|25[0-9A-Fa-f]{2}|(?![0-9A-Fa-f]{2}))"
     r"|[\\;\x00-\x1f\x7f]"
 )
-
-
-class BadPath(InvalidRequest):
-    """A request path that different upstreams would resolve differently."""
-
-    reason = "bad_path"
-    description = "ambiguous request path"
 
 
 def normalise(path: str) -> str:

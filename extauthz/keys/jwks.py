@@ -17,8 +17,8 @@ from joserfc import jwk
 from joserfc.errors import JoseError
 from joserfc.util import urlsafe_b64decode
 
+from ..errors import JwksError
 from . import curves
-from .errors import KeyFetchError
 
 # alg -> (kty, allowed curves or None). Enforced before any signature check, so an
 # RSA key can never verify HS256 and an X25519 or P-384 key never verifies EdDSA/ES256.
@@ -168,20 +168,20 @@ def _one_key(data: Mapping[str, Any], allow_symmetric: bool, min_rsa_bits: int) 
     )
 
 
-def parse(
+def parse_keyset(
     document: bytes | str | Mapping[str, Any],
     *,
     allow_symmetric: bool = True,
     min_rsa_bits: int = MIN_RSA_BITS,
 ) -> KeySet:
-    """Parse a JWKS. Raises KeyFetchError when no usable key is left."""
+    """Parse a JWKS. Raises JwksError when no usable key is left."""
     if isinstance(document, bytes | str):
         try:
             document = json.loads(document)
         except (ValueError, UnicodeDecodeError):
-            raise KeyFetchError("JWKS is not valid JSON") from None
+            raise JwksError("JWKS is not valid JSON") from None
     if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
-        raise KeyFetchError("JWKS has no 'keys' array")
+        raise JwksError("JWKS has no 'keys' array")
     keys: list[VerifyKey] = []
     skipped: list[tuple[str, str]] = []
     for i, item in enumerate(document["keys"]):
@@ -195,7 +195,7 @@ def parse(
             skipped.append((label, str(exc)))
     if not keys:
         detail = "; ".join(f"{k}: {r}" for k, r in skipped) or "no keys"
-        raise KeyFetchError(f"JWKS has no usable key ({detail})")
+        raise JwksError(f"JWKS has no usable key ({detail})")
     by_kid: dict[str, list[VerifyKey]] = {}
     for k in keys:
         if k.kid is not None:

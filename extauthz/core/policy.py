@@ -1,0 +1,256 @@
+"""Decisions: rule selection, token extraction, verification, scopes and claims (pure).
+
+``Policy.decide(request, keys, now)`` returns a :class:`Decision` for every input, or
+a :class:`NeedKeys` when the token names a ``kid`` its provider's key set lacks (the
+caller may refetch once and decide again). Fail closed: the only path to an allow is
+an explicit success below.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .. import errors
+from ..config import Config, Provider, Rule, TokenSource, compile_regex
+from . import paths, tokens
+from .decision import Decision, NeedKeys, refuse
+from .headers import header_value
+from .request import CONTEXT_RULE_KEY, AuthRequest
+from .verifier import Keys, TokenVerifier
+from .verify import Verified
+
+
+def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
+    """Scopes from ``scope`` (RFC 6749 §3.3: delimited by ASCII space, and nothing else:
+    a no-break space or U+3000 inside a scope string is part of a scope) or ``scp``."""
+    out: set[str] = set()
+    for name in ("scope", "scp"):
+        value = claims.get(name)
+        if isinstance(value, str):
+            out.update(s for s in value.split(" ") if s)
+        elif isinstance(value, list) and name == "scp":
+            out.update(s for s in value if isinstance(s, str) and s)
+    return frozenset(out)
+
+
+@dataclass(frozen=True)
+class _CompiledProvider:
+    name: str
+    config: Provider
+    injected: tuple[str, ...]  # every header this provider may set upstream
+
+
+@dataclass(frozen=True)
+class _CompiledRule:
+    rule: Rule
+    matches: Callable[[AuthRequest, str], bool]
+    providers: tuple[_CompiledProvider, ...]
+    sources: tuple[TokenSource, ...]
+    # Which providers accept a token from each source: the verifier picks by `iss`.
+    accepted: Mapping[TokenSource, Mapping[str, Provider]]
+
+
+def _matcher(rule: Rule) -> Callable[[AuthRequest, str], bool]:
+    m = rule.match
+    regex = compile_regex(m.path_regex) if m.path_regex is not None else None
+    methods = frozenset(m.methods) if m.methods is not None else None
+    hosts = frozenset(m.hosts) if m.hosts is not None else None
+    prefix = m.path_prefix
+    prefix_slash = prefix if prefix is None or prefix.endswith("/") else prefix + "/"
+
+    def matches(req: AuthRequest, path: str) -> bool:
+        if methods is not None and req.method.upper() not in methods:
+            return False
+        if hosts is not None and paths.host_name(req.host) not in hosts:
+            return False
+        if m.path_exact is not None:
+            return path == m.path_exact
+        if prefix is not None and prefix_slash is not None:
+            # Segment-aware: `/admin` matches `/admin` and `/admin/x`, not `/administrator`
+            # (a prefix ending in `/` is a plain prefix).
+            return path == prefix or path.startswith(prefix_slash)
+        if regex is not None:
+            return regex.fullmatch(path) is not None
+        return True
+
+    return matches
+
+
+class Policy:
+    """Compiled from a frozen Config once; decide() does no I/O and no compilation."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.realm = config.server.realm
+        self.verifier = TokenVerifier(config.server.token_cache_size)
+        providers = {
+            name: _CompiledProvider(
+                name,
+                p,
+                tuple(
+                    dict.fromkeys(
+                        [*p.claims_to_headers, *([p.payload_header] if p.payload_header else [])]
+                    )
+                ),
+            )
+            for name, p in config.providers.items()
+        }
+        self.providers = providers
+        # Every header any provider may inject: always removed unless we set it, so a
+        # client cannot smuggle `x-user-id` through an anonymous rule.
+        self.injected = tuple(dict.fromkeys(h for p in providers.values() for h in p.injected))
+        rules = config.rules
+        if rules is None:
+            rules = (Rule(name="default"),)
+        self.rules = tuple(self._compile(r) for r in rules)
+        self.by_name = {r.rule.name: r for r in self.rules}
+        self._deny_default = config.default_action == "deny"
+
+    def _compile(self, rule: Rule) -> _CompiledRule:
+        names = rule.providers if rule.providers is not None else tuple(self.providers)
+        provs = tuple(self.providers[n] for n in names)
+        sources = tuple(dict.fromkeys(s for p in provs for s in p.config.token_sources))
+        accepted = {
+            s: {p.name: p.config for p in provs if s in p.config.token_sources} for s in sources
+        }
+        return _CompiledRule(rule, _matcher(rule), provs, sources, accepted)
+
+    # -- decision ---------------------------------------------------------------------
+    def select(self, req: AuthRequest) -> _CompiledRule | None:
+        name = req.context_extensions.get(CONTEXT_RULE_KEY)
+        if name is not None:
+            chosen = self.by_name.get(name)
+            if chosen is None:
+                raise errors.UnknownRule(name)
+            return chosen
+        path = paths.normalise(req.path)
+        for r in self.rules:
+            if r.matches(req, path):
+                return r
+        return None
+
+    def decide(self, req: AuthRequest, keys: Keys, now: float) -> Decision | NeedKeys:
+        """``keys(provider)`` returns its usable KeySet (None: no usable keys)."""
+        try:
+            rule = self.select(req)
+        except errors.UnknownRule as exc:
+            return refuse(exc, rule=exc.name)  # the name comes from Envoy's config
+        except errors.Denied as exc:
+            return refuse(exc)
+        if rule is None:
+            if self._deny_default:
+                return refuse(errors.NoRuleMatched())
+            return Decision(True, "default_allow", remove_headers=self.injected)
+        name = rule.rule.name
+        if rule.rule.allow_anonymous:
+            return Decision(True, "anonymous", rule=name, remove_headers=self.injected)
+        verified: Verified | None = None
+        try:
+            token = tokens.extract(req.headers, req.path, rule.sources)
+            if token is None:
+                raise errors.MissingToken()
+            result = self.verifier.verify(token.token, rule.accepted[token.source], keys, now)
+            if isinstance(result, NeedKeys):
+                return dataclasses.replace(result, rule=name)
+            verified = result
+            self._check_rule(rule.rule, verified.claims)
+            return self._allow(req, rule.rule, self.providers[verified.provider], token, verified)
+        except errors.Denied as exc:
+            if verified is None:
+                return refuse(exc, rule=name, provider=exc.provider, kid=exc.kid, iss=exc.iss)
+            sub = verified.claims.get("sub")
+            return refuse(
+                exc,
+                rule=name,
+                provider=verified.provider,
+                kid=verified.kid,
+                iss=self.providers[verified.provider].config.issuer,
+                sub=sub if isinstance(sub, str) else None,
+            )
+
+    @staticmethod
+    def _check_rule(rule: Rule, claims: Mapping[str, Any]) -> None:
+        if rule.scopes:
+            have = scopes_of(claims)
+            if not all(s in have for s in rule.scopes):
+                raise errors.InsufficientScope(scope=" ".join(rule.scopes))
+        for claim, allowed in rule.claims.items():
+            value = claims.get(claim)
+            values = value if isinstance(value, list) else [value]
+            if not any(type(v) is type(a) and v == a for v in values for a in allowed):
+                raise errors.InsufficientScope(
+                    f"claim {claim} not accepted", reason="claim_mismatch"
+                )
+
+    def _allow(
+        self,
+        req: AuthRequest,
+        rule: Rule,
+        prov: _CompiledProvider,
+        token: tokens.Found,
+        verified: Verified,
+    ) -> Decision:
+        cfg = prov.config
+        claims = verified.claims
+        sets: list[tuple[str, str]] = []
+        for header, claim in cfg.claims_to_headers.items():
+            if claim in claims and claims[claim] is not None:
+                try:
+                    sets.append((header, header_value(claims[claim])))
+                except errors.UnsafeHeaderValue:
+                    raise errors.UnforwardableClaim(
+                        f"claim {claim} cannot be sent as a header"
+                    ) from None
+        if cfg.payload_header:
+            payload = json.dumps(claims, separators=(",", ":")).encode()
+            sets.append(
+                (cfg.payload_header, base64.urlsafe_b64encode(payload).rstrip(b"=").decode())
+            )
+        set_names = {h for h, _ in sets}
+        remove = [h for h in self.injected if h not in set_names]
+        remove_query: tuple[str, ...] = ()
+        # Same token, rule and source: the same answer (claims and config are immutable),
+        # unless the answer is cut from the request itself (a rewritten cookie header).
+        reuse_key: tuple[bytes, str, TokenSource] | None = None
+        if verified.digest:
+            reuse_key = (verified.digest, rule.name, token.source)
+        if not cfg.forward_token:
+            # The token stays here: whichever place it came from is emptied.
+            source = token.source
+            if source.header is not None:
+                remove.append(source.header)
+            elif source.cookie is not None:
+                reuse_key = None
+                rest = tokens.without_cookie(req.headers.get("cookie", ""), source.cookie)
+                if rest:
+                    sets.append(("cookie", rest))
+                else:
+                    remove.append("cookie")
+            elif source.query is not None:
+                remove_query = (source.query,)
+        sub = claims.get("sub")
+        return Decision(
+            allowed=True,
+            reason="ok",
+            rule=rule.name,
+            provider=prov.name,
+            set_headers=tuple(sets),
+            remove_headers=tuple(remove),
+            remove_query=remove_query,
+            metadata={
+                "provider": prov.name,
+                "rule": rule.name,
+                "iss": claims.get("iss"),
+                "sub": sub,
+                "claims": claims,
+            },
+            reuse_key=reuse_key,
+            kid=verified.kid,
+            iss=cfg.issuer,
+            sub=sub if isinstance(sub, str) else None,
+        )

@@ -1,0 +1,262 @@
+"""The gRPC front door: Envoy's ext_authz v3 ``Authorization/Check``.
+
+CheckRequest -> AuthRequest in, Decision -> CheckResponse out: the only protobuf code,
+and one table (:data:`ANSWERS`) from a deny kind to the gRPC code, HTTP status and
+challenge. Envoy facts this relies on (Envoy 1.40): a CheckResponse whose status is 0
+allows even with a denied_response, so every deny sets a non-zero code;
+``ok_response.headers`` without ``append`` overwrite existing headers; ``http.query``
+is empty (the query is in ``http.path``); with ``encode_raw_headers`` the headers
+arrive in ``header_map``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf import struct_pb2
+
+from .. import errors, logs
+from .._proto.envoy.config.core.v3 import base_pb2
+from .._proto.envoy.service.auth.v3 import external_auth_pb2 as pb
+from .._proto.envoy.type.v3 import http_status_pb2
+from .._proto.google.rpc import status_pb2
+from ..core.decision import Decision, refuse
+from ..core.request import AuthRequest
+from ..errors import DenyKind
+
+if TYPE_CHECKING:
+    from ..authorizer import Authorizer
+
+SERVICE_NAME = "envoy.service.auth.v3.Authorization"
+CheckRequest = pb.CheckRequest
+CheckResponse = pb.CheckResponse
+_log = logs.get("extauthz.grpc")
+
+
+@dataclass(frozen=True)
+class Answer:
+    grpc_code: int  # google.rpc.Code in CheckResponse.status: never 0 for a deny
+    http_status: int
+    oauth_error: str | None  # RFC 6750 error attribute; None: a bare challenge (§3.1)
+    challenge: bool = True  # send WWW-Authenticate
+
+
+#: The one table from what was decided to what Envoy is told.
+ANSWERS: Mapping[DenyKind, Answer] = {
+    DenyKind.MISSING_TOKEN: Answer(16, 401, None),  # UNAUTHENTICATED
+    DenyKind.NO_RULE: Answer(16, 401, None),
+    DenyKind.INVALID_TOKEN: Answer(16, 401, "invalid_token"),
+    DenyKind.INVALID_REQUEST: Answer(3, 400, "invalid_request"),  # INVALID_ARGUMENT
+    DenyKind.INSUFFICIENT_SCOPE: Answer(7, 403, "insufficient_scope"),  # PERMISSION_DENIED
+    DenyKind.UNAVAILABLE: Answer(14, 503, None, challenge=False),  # UNAVAILABLE
+}
+OK = 0
+
+#: Encoded allow answers kept for the hottest tokens (FIFO).
+MEMO_SIZE = 256
+
+
+# -- in ----------------------------------------------------------------------------------
+def _headers(http: Any) -> Mapping[str, str]:
+    if http.headers:
+        # Envoy sends lower-case names (HTTP/2 requires them): read its map in place
+        # rather than copying every header on every request.
+        return http.headers  # type: ignore[no-any-return]
+    out: dict[str, str] = {}
+    for h in http.header_map.headers:
+        key = h.key.lower()
+        value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+        if key in out:
+            out[key] += ("; " if key == "cookie" else ",") + value
+        else:
+            out[key] = value
+    return out
+
+
+def to_auth_request(request: CheckRequest) -> AuthRequest:
+    attrs = request.attributes
+    http = attrs.request.http
+    headers = _headers(http)
+    path = http.path or headers.get(":path", "/")
+    if http.query and "?" not in path:
+        path = f"{path}?{http.query}"
+    return AuthRequest(
+        method=http.method or headers.get(":method", "GET"),
+        host=http.host or headers.get(":authority", headers.get("host", "")),
+        path=path,
+        headers=headers,
+        context_extensions=attrs.context_extensions,
+    )
+
+
+# -- out ---------------------------------------------------------------------------------
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def www_authenticate(realm: str, error: str | None, description: str, scope: str) -> str:
+    """RFC 6750 §3: no error attributes when the request carried no credentials."""
+    parts = [f'Bearer realm="{_quote(realm)}"']
+    if error is not None:
+        parts.append(f'error="{error}"')
+        if description:
+            parts.append(f'error_description="{_quote(description)}"')
+        if scope:
+            parts.append(f'scope="{_quote(scope)}"')
+    return ", ".join(parts)
+
+
+def _hvo(key: str, value: str) -> Any:
+    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value))
+
+
+def http_status(decision: Decision) -> int:
+    return ANSWERS[decision.deny].http_status if decision.deny is not None else 200
+
+
+@lru_cache(maxsize=1024)
+def _denied(realm: str, kind: DenyKind, description: str, scope: str, reason: str) -> bytes:
+    """Deny answers are few and fixed: build each once and reuse the serialized bytes."""
+    answer = ANSWERS[kind]
+    headers = [_hvo("content-type", "application/json")]
+    if answer.challenge:
+        challenge = www_authenticate(realm, answer.oauth_error, description, scope)
+        headers.append(_hvo("www-authenticate", challenge))
+    else:
+        headers.append(_hvo("retry-after", "1"))
+    body = {"error": answer.oauth_error or reason}
+    if description:
+        body["error_description"] = description
+    response = CheckResponse(
+        status=status_pb2.Status(code=answer.grpc_code, message=description),
+        denied_response=pb.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=answer.http_status),  # type: ignore[arg-type]
+            headers=headers,
+            body=json.dumps(body),
+        ),
+    )
+    return bytes(response.SerializeToString())
+
+
+def _number(text: str) -> float | str:
+    """A JSON integer as a Struct number, or as its digits when a double cannot hold it."""
+    value = float(text)
+    return value if math.isfinite(value) else text
+
+
+#: Levels of JSON nesting kept as structure in dynamic metadata; a value deeper than
+#: this is sent as its compact JSON text instead. Envoy parses a CheckResponse with
+#: protobuf's nesting limit of 100 messages, and every JSON object level costs three
+#: (Struct, map entry, Value): a claim nested 33 object levels deep made the whole
+#: answer unreadable to Envoy 1.40 (its ext_authz_error, a 503 for a valid token).
+METADATA_MAX_DEPTH = 16
+
+
+def _bounded(value: Any, depth: int) -> Any:
+    if isinstance(value, dict | list):
+        if depth >= METADATA_MAX_DEPTH:
+            return json.dumps(value, separators=(",", ":"), default=str)
+        if isinstance(value, dict):
+            return {k: _bounded(v, depth + 1) for k, v in value.items()}
+        return [_bounded(v, depth + 1) for v in value]
+    return value
+
+
+def _struct(data: Mapping[str, Any]) -> Any:
+    s = struct_pb2.Struct()
+    data = {k: _bounded(v, 1) for k, v in data.items()}
+    try:
+        s.update(data)
+    except (ValueError, TypeError, OverflowError):
+        # Claims that Struct cannot hold (e.g. a 400-digit int): fall back to JSON round-trip.
+        s.update(json.loads(json.dumps(data, default=str), parse_int=_number))
+    return s
+
+
+def encode(decision: Decision, realm: str) -> bytes:
+    """The serialized CheckResponse for a decision."""
+    if decision.deny is not None:
+        return _denied(realm, decision.deny, decision.description, decision.scope,
+                       decision.reason)  # fmt: skip
+    if not decision.allowed:  # a deny without a kind: never let it pass as status 0
+        return _denied(realm, DenyKind.UNAVAILABLE, "", "", "internal_error")
+    response = CheckResponse(
+        status=status_pb2.Status(code=OK),
+        ok_response=pb.OkHttpResponse(
+            headers=[_hvo(k, v) for k, v in decision.set_headers],
+            headers_to_remove=list(decision.remove_headers),
+            query_parameters_to_remove=list(decision.remove_query),
+        ),
+    )
+    if decision.metadata is not None:
+        response.dynamic_metadata.CopyFrom(_struct(decision.metadata))
+    return bytes(response.SerializeToString())
+
+
+# -- the service -------------------------------------------------------------------------
+class AuthorizationServicer:
+    """``envoy.service.auth.v3.Authorization/Check``. Returns serialized bytes: deny
+    answers and the allows of hot tokens are encoded once and reused."""
+
+    def __init__(self, authorizer: Authorizer) -> None:
+        self.use(authorizer)
+
+    def use(self, authorizer: Authorizer) -> None:
+        """Answer with ``authorizer`` from now on (a reload); remembered answers go."""
+        self._memo: dict[tuple[Hashable, str], bytes] = {}
+        self.authorizer = authorizer
+
+    def _encode(self, decision: Decision, realm: str) -> bytes:
+        key = decision.reuse_key
+        if key is None:
+            return encode(decision, realm)
+        memo = self._memo
+        found = memo.get((key, realm))
+        if found is None:
+            found = encode(decision, realm)
+            if len(memo) >= MEMO_SIZE:
+                del memo[next(iter(memo))]  # oldest first (dicts keep order)
+            memo[(key, realm)] = found
+        return found
+
+    async def Check(self, request: CheckRequest, context: grpc.aio.ServicerContext) -> bytes:
+        started = time.perf_counter()
+        authorizer = self.authorizer  # read once: a reload may swap it mid-call
+        realm = authorizer.policy.realm
+        try:
+            req = to_auth_request(request)
+        except Exception:  # an input the adapter cannot read: refuse it, never crash
+            _log.exception("check_request_unreadable")
+            req = AuthRequest()
+            decision = refuse(errors.InternalError())
+        else:
+            decision = await authorizer.check(req, context.time_remaining())
+        try:
+            answer = self._encode(decision, realm)
+        except Exception:
+            # A decision the wire cannot carry is a deny, logged and counted as one: an
+            # RPC error here would be Envoy's status_on_error and a metric of an allow.
+            _log.exception("check_answer_unencodable", reason=decision.reason)
+            decision = refuse(errors.InternalError(), rule=decision.rule)
+            answer = encode(decision, realm)
+        authorizer.record(req, decision, http_status(decision), started)
+        return answer
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Check": grpc.unary_unary_rpc_method_handler(
+                    self.Check,
+                    request_deserializer=CheckRequest.FromString,
+                    response_serializer=bytes,  # already serialized
+                )
+            },
+        )
