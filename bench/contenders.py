@@ -314,6 +314,7 @@ def run_once(c: Contender, keys: Keys, workdir: Path, tag: str, duration: float,
         verify_envoy(c, envoy, keys)
         url = f"http://127.0.0.1:{envoy.port}/bench"
         assert envoy.proc is not None
+        # Popen.args is typed as any command form; EnvoyProcess starts it from a list[str].
         envoy_args: list[str] = list(envoy.proc.args)  # type: ignore[arg-type]
         pids = {"envoy": envoy.proc.pid}
         if server is not None:

@@ -323,6 +323,7 @@ def _sample_config() -> str:
         def jwks(self) -> dict[str, object]:
             return {}
 
+    # Only Keys.jwks() is read; the sample shows a placeholder instead of real keys.
     cfg = extauthz_config(BY_NAME["rs256"], _NoKeys(), 9191, 9192)  # type: ignore[arg-type]
     cfg["providers"]["bench"]["jwks"] = "<inline JWKS: RS256 2048-bit, ES256 P-256, Ed25519>"
     return str(yaml.safe_dump(cfg, sort_keys=False))

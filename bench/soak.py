@@ -143,15 +143,16 @@ def run(duration: float, rotate_every: float, clients: int, workdir: Path) -> di
     config_path = workdir / "soak.yaml"
     config_path.write_text(yaml.safe_dump(cfg))
     log = workdir / "extauthz.log"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "extauthz", "serve", "--config", str(config_path)],
-        stderr=log.open("w"),
-        env={
-            **os.environ,
-            "EXTAUTHZ_LOG_FORMAT": "json",
-            "EXTAUTHZ_LOG_LEVEL": os.environ.get("EXTAUTHZ_LOG_LEVEL", "warning"),
-        },
-    )
+    with log.open("w") as stderr:  # the child keeps its own copy of the file
+        server = subprocess.Popen(
+            [sys.executable, "-m", "extauthz", "serve", "--config", str(config_path)],
+            stderr=stderr,
+            env={
+                **os.environ,
+                "EXTAUTHZ_LOG_FORMAT": "json",
+                "EXTAUTHZ_LOG_LEVEL": os.environ.get("EXTAUTHZ_LOG_LEVEL", "warning"),
+            },
+        )
     try:
         _wait_serving(server, port, log)
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

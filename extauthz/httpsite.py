@@ -11,5 +11,6 @@ async def start(application: web.Application, host: str, port: int) -> tuple[web
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
+    # aiohttp types _server as optional; after start() it is the listening server.
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     return runner, int(bound)

@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "protos"
 DEFAULT_OUT = ROOT / "extauthz" / "_proto"
 PREFIX = "extauthz._proto"
+#: The protos that define a gRPC service: the only ones that get *_pb2_grpc.py.
+SERVICE_PROTOS = ("envoy/service/auth/v3/external_auth.proto",)
 COMMAND = "python scripts/gen_protos.py"
 
 # Top-level proto packages that are vendored and must be re-rooted under PREFIX.
@@ -59,12 +61,18 @@ def generate(out: Path) -> None:
             f"-I{well_known}",
             f"--python_out={tmp}",
             f"--pyi_out={tmp}",
-            f"--grpc_python_out={tmp}",
             *protos,
         ]
-        rc = protoc.main(args)
-        if rc != 0:
-            raise SystemExit(f"protoc failed with exit code {rc}")
+        # gRPC stubs only for the protos that define a service (not an empty
+        # *_pb2_grpc.py beside every message file).
+        services = [
+            "grpc_tools.protoc", f"-I{PROTO_DIR}", f"-I{well_known}",
+            f"--grpc_python_out={tmp}", *SERVICE_PROTOS,
+        ]  # fmt: skip
+        for argv in (args, services):
+            rc = protoc.main(argv)
+            if rc != 0:
+                raise SystemExit(f"protoc failed with exit code {rc}")
         tmp_path = Path(tmp)
         files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
         if out.exists():

@@ -409,7 +409,7 @@ def test_issuer_on_port_0_prints_and_uses_the_bound_port(tmp_path: Path) -> None
         lines = _stderr_lines(proc)
         deadline = time.monotonic() + 30
         url = None
-        seen = []
+        seen: list[str] = []
         while url is None:
             line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
             assert line is not None, f"the issuer exited: {''.join(seen)}"

@@ -41,8 +41,9 @@ class Lines:
         stream = proc.stdout
 
         def pump() -> None:
-            for line in stream:
-                self._queue.put(line.rstrip("\n"))
+            with stream:  # closed at EOF, when the demo and its children have exited
+                for line in stream:
+                    self._queue.put(line.rstrip("\n"))
             self._queue.put(None)
 
         threading.Thread(target=pump, daemon=True).start()
@@ -110,15 +111,16 @@ def test_demo_commands_work_as_printed_in_a_fresh_shell(tmp_path: Path) -> None:
     # As the README runs it: the venv's console script, by path, from the checkout.
     script = Path(sys.executable).parent / "extauthz"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "extauthz"]
-    proc = subprocess.Popen(
-        [*command, "demo", "--port", "0", "--rotate-every", "5s"],
-        stdout=subprocess.PIPE,
-        stderr=open(tmp_path / "demo.log", "w"),  # noqa: SIM115 - closed with the process
-        text=True,
-        cwd=REPO,
-        env=shell_env,
-        start_new_session=True,
-    )
+    with open(tmp_path / "demo.log", "w") as stderr:  # the child keeps its own copy
+        proc = subprocess.Popen(
+            [*command, "demo", "--port", "0", "--rotate-every", "5s"],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            cwd=REPO,
+            env=shell_env,
+            start_new_session=True,
+        )
     try:
         lines = Lines(proc).until(lambda line: " token --issuer " in line, 60)
         started = time.time()

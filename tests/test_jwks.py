@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from typing import Any
+from typing import Any, Literal, cast
 
 import pytest
 from joserfc.jwk import ECKey, OKPKey, RSAKey
@@ -12,6 +12,9 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 from extauthz.errors import JwksError
 from extauthz.keys import jwks
 from tests.support.signing import Signer
+
+# The curves joserfc's OKPKey.generate_key accepts (its own alias is private).
+OKPCurve = Literal["Ed25519", "Ed448", "X25519", "X448"]
 
 ALGS = [
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
@@ -118,7 +121,7 @@ def test_small_rsa_only_document_rejected() -> None:
 
 
 @pytest.mark.parametrize("crv", ["X25519", "X448"])
-def test_x_curve_okp_keys_skipped(crv: str) -> None:
+def test_x_curve_okp_keys_skipped(crv: OKPCurve) -> None:
     key = OKPKey.generate_key(crv)
     ks = jwks.parse_keyset(
         {"keys": [{**key.as_dict(private=False), "kid": "x"}, Signer("EdDSA").jwk()]}
@@ -264,11 +267,12 @@ def test_candidates_enforce_kty_crv_and_jwk_alg(
 )
 def test_candidates_without_jwk_alg(key: str, token_alg: str, ok: bool) -> None:
     if key == "RSA":
-        k: Any = RSAKey.generate_key(2048)
+        k: RSAKey | ECKey | OKPKey = RSAKey.generate_key(2048)
     elif key.startswith("P-"):
         k = ECKey.generate_key(key)
     else:
-        k = OKPKey.generate_key(key)
+        assert key in ("Ed25519", "Ed448")
+        k = OKPKey.generate_key(cast(OKPCurve, key))
     ks = jwks.parse_keyset({"keys": [{**k.as_dict(private=False), "kid": "k"}]})
     assert bool(ks.candidates("k", token_alg)) is ok
 

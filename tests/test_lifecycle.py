@@ -54,14 +54,17 @@ class Traffic:
     def _run(self) -> None:
         token = SIGNER.sign(claims(ISS, "api", ttl=600))
         client = KeepAlive(self.port)
-        while not self._stop.is_set():
-            status, body = client.get("/t", {"authorization": f"Bearer {token}"})
-            with self._lock:
-                self.total += 1
-                if status != 200:
-                    self.failures.append((status, body.decode("utf-8", "replace")[:200]))
-                elif self.total % 50 == 0:
-                    self.seen_headers.append(json.loads(body)["headers"])
+        try:
+            while not self._stop.is_set():
+                status, body = client.get("/t", {"authorization": f"Bearer {token}"})
+                with self._lock:
+                    self.total += 1
+                    if status != 200:
+                        self.failures.append((status, body.decode("utf-8", "replace")[:200]))
+                    elif self.total % 50 == 0:
+                        self.seen_headers.append(json.loads(body)["headers"])
+        finally:
+            client.close()
 
     def __enter__(self) -> Traffic:
         for t in self._threads:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from google.protobuf import descriptor_pool
+from google.protobuf.message import Message
 
 from extauthz._proto.envoy.config.core.v3 import base_pb2
 from extauthz._proto.envoy.service.auth.v3 import (
@@ -72,8 +73,9 @@ def test_service_descriptor() -> None:
     assert pool.FindServiceByName("envoy.service.auth.v3.Authorization") is not None
 
 
-def _num(msg: type, field: str) -> int:
-    return msg.DESCRIPTOR.fields_by_name[field].number
+def _num(msg: type[Message], field: str) -> int:
+    number: int = msg.DESCRIPTOR.fields_by_name[field].number
+    return number
 
 
 def test_field_numbers_match_upstream() -> None:

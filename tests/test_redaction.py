@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,7 +43,7 @@ def test_logs_never_contain_tokens_cookies_or_claims(tmp_path: Path) -> None:
         ],
     }
 
-    def mint(**extra: object) -> str:
+    def mint(**extra: Any) -> str:
         return signer.sign(claims(ISS, "api", private=SECRET_CLAIM, **extra))
 
     tokens = {

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from ..errors import EnvoyStartError
 from . import envoy_config
@@ -57,7 +57,7 @@ class EnvoyProcess:
         self.port = 0
         self.admin_port = 0
 
-    def start(self) -> EnvoyProcess:
+    def start(self) -> Self:
         if self.proc is not None:
             raise RuntimeError("already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -161,7 +161,7 @@ class EnvoyProcess:
             return "<no stderr>"
         return "\n".join(text.splitlines()[-lines:])
 
-    def __enter__(self) -> EnvoyProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(

@@ -9,7 +9,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .. import logs
+from .. import logs, metrics
 
 _log = logs.get("extauthz.server")
 
@@ -32,6 +32,7 @@ class Ticker:
     def __init__(self, jobs: list[Periodic], *, tick: float = TICK) -> None:
         self.jobs = jobs
         self.tick = tick
+        self.stalls = 0
         self._task: asyncio.Task[None] | None = None
 
     async def run_once(self, count: int) -> None:
@@ -54,6 +55,8 @@ class Ticker:
             await asyncio.sleep(self.tick)
             late = loop.time() - before - self.tick
             if late > STALL:
+                self.stalls += 1
+                metrics.EVENT_LOOP_STALLS.inc()
                 _log.warning("event_loop_stalled", seconds=round(late, 3))
 
     def start(self) -> None:

@@ -26,6 +26,8 @@ def _private(key: Any) -> dict[str, Any]:
 
 def _self_signed(key: RSAKey) -> str:
     """An attacker's self-signed certificate (for x5c), base64 DER as in RFC 7515 §4.1.6."""
+    private = key.private_key
+    assert private is not None, "a generated key holds its private half"
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "attacker.example")])
     start = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
     cert = (
@@ -36,7 +38,7 @@ def _self_signed(key: RSAKey) -> str:
         .serial_number(1)
         .not_valid_before(start)
         .not_valid_after(start + datetime.timedelta(days=3650))
-        .sign(key.private_key, hashes.SHA256())
+        .sign(private, hashes.SHA256())
     )
     return base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
 

@@ -17,6 +17,7 @@ from joserfc.jwk import OctKey, RSAKey
 from joserfc.util import urlsafe_b64decode
 
 from extauthz import config as cfgmod
+from extauthz.core.decision import Decision
 from extauthz.core.policy import Policy
 from extauthz.core.request import AuthRequest
 from extauthz.errors import JwksError
@@ -180,6 +181,7 @@ def test_a_token_without_kid_is_tried_against_a_bounded_number_of_keys() -> None
         token = signer.sign(claims(ISS, "api"), kid=None)
         d = policy.decide(AuthRequest(headers={"authorization": f"Bearer {token}"}),
                           lambda _: keyset, time.time())  # fmt: skip
+        assert isinstance(d, Decision)  # every kid is in the key set: never NeedKeys
         return d.allowed, d.reason
 
     assert decide(signers[jwks.MAX_KIDLESS_CANDIDATES - 1]) == (True, "ok")

@@ -29,12 +29,17 @@ class ServeProcess:
         self.config = tmp / f"{name}.yaml"
         self.log = tmp / f"{name}.log"
         self.write(cfg)
-        self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "extauthz", "serve", "--config", str(self.config)],
-            stderr=self.log.open("w"),
-            env={**os.environ, "EXTAUTHZ_LOG_FORMAT": "json", **(env or {})},
-        )
-        wait_for(self._started, 30, f"{name} start")
+        with self.log.open("w") as stderr:  # the child keeps its own copy of the file
+            self.proc = subprocess.Popen(
+                [*prefix, sys.executable, "-m", "extauthz", "serve", "--config", str(self.config)],
+                stderr=stderr,
+                env={**os.environ, "EXTAUTHZ_LOG_FORMAT": "json", **(env or {})},
+            )
+        try:
+            wait_for(self._started, 30, f"{name} start")
+        except BaseException:
+            self.stop()  # a failed start must not leave the process running
+            raise
         started = self.event("started")
         assert started is not None
         self.grpc_port = int(started["grpc"].rpartition(":")[2])
@@ -54,7 +59,8 @@ class ServeProcess:
         """Every provider has keys (before that, a valid token is a 503)."""
         wait_for(self.ready, timeout, "extauthz readiness (/readyz 200)")
 
-    def write(self, cfg: dict[str, Any]) -> None:
+    def write(self, cfg: dict[str, Any] | str) -> None:
+        """Replace the config file: a mapping (dumped as YAML) or the exact text."""
         tmp = self.config.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump(cfg) if isinstance(cfg, dict) else cfg)
         tmp.replace(self.config)  # atomic, like a ConfigMap update
@@ -77,6 +83,11 @@ class ServeProcess:
         return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(prefix))
 
     def stop(self) -> None:
+        """SIGTERM first (a supervisor then stops its workers too), SIGKILL if it lingers."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
