@@ -57,28 +57,57 @@ class Authorizer:
             _log.info("token_cache_purged", provider=provider, entries=dropped)
 
     async def check(self, req: AuthRequest, time_remaining: float | None = None) -> Decision:
-        """The decision for one request; never raises (a bug becomes a logged 503 deny)."""
+        """The decision for one request; never raises (a bug becomes a logged 503 deny).
+
+        ``time_remaining``: the caller's deadline, in seconds, if it has one."""
+        result = self.first(req)
+        if isinstance(result, NeedKeys):
+            budget = self._wait
+            if time_remaining is not None:
+                # Leave half the deadline for answering: a late allow is a timeout.
+                budget = min(budget, max(0.0, time_remaining / 2))
+            return await self.resolve(req, result, budget)
+        return result
+
+    def first(self, req: AuthRequest) -> Decision | NeedKeys:
+        """Decide without waiting: a decision, or NeedKeys for :meth:`resolve`. Never
+        raises (a bug becomes a logged 503 deny)."""
         try:
             if req.context_extensions:
                 _note_extensions(req.context_extensions)
-            result = self.policy.decide(req, self._keys, self._clock())
-            if isinstance(result, NeedKeys):
-                return await self._after_refetch(req, result, time_remaining)
-            return result
-        except Exception:  # fail closed on bugs; never let an exception reach Envoy
+            return self.policy.decide(req, self._keys, self._clock())
+        except Exception:  # fail closed on bugs; never let an exception reach a proxy
             _log.exception("check_failed", request_id=req.request_id)
             return refuse(errors.InternalError())
 
-    def record(self, req: AuthRequest, decision: Decision, status: int, started: float) -> None:
+    async def resolve(self, req: AuthRequest, need: NeedKeys, budget: float) -> Decision:
+        """The decision once the shared unknown-kid refetch (waited for at most
+        ``budget`` seconds) found the kid, or did not. Never raises."""
+        try:
+            return await self._after_refetch(req, need, budget)
+        except Exception:
+            _log.exception("check_failed", request_id=req.request_id)
+            return refuse(errors.InternalError())
+
+    def record(
+        self,
+        req: AuthRequest,
+        decision: Decision,
+        status: int,
+        started: float,
+        *,
+        front_door: str,
+    ) -> None:
         """Metrics and the log line for the answer a front door sent: ``status`` is the
         HTTP status it stands for, ``started`` a ``time.perf_counter()`` reading taken
-        when the request arrived."""
+        when the request arrived, ``front_door`` ``grpc`` or ``http``."""
         metrics.CHECK_DURATION.observe(time.perf_counter() - started)
         metrics.check_counter(
             "allow" if decision.allowed else "deny",
             decision.reason,
             decision.provider,
             decision.rule,
+            front_door,
         ).inc()
         if not decision.allowed or logs.debug_enabled():
             # Denials at info, allows at debug; bounded fields only (never a token).
@@ -87,6 +116,7 @@ class Authorizer:
                 "allowed" if decision.allowed else "denied",
                 reason=decision.reason,
                 status=status,
+                front_door=front_door,
                 rule=decision.rule,
                 provider=decision.provider,
                 kid=decision.kid,
@@ -95,17 +125,11 @@ class Authorizer:
                 request_id=req.request_id,
             )
 
-    async def _after_refetch(
-        self, req: AuthRequest, need: NeedKeys, time_remaining: float | None
-    ) -> Decision:
+    async def _after_refetch(self, req: AuthRequest, need: NeedKeys, budget: float) -> Decision:
         source = self.sources[need.provider]
         waiter = source.refetch_for_unknown_kid(need.kid)
         if waiter is None:  # rate-limited: the kid stays unknown until the next window
             return unknown_key(need)
-        budget = self._wait
-        if time_remaining is not None:
-            # Leave half the deadline for answering: a late allow is a timeout at Envoy.
-            budget = min(budget, max(0.0, time_remaining / 2))
         try:
             await asyncio.wait_for(waiter, budget)
         except TimeoutError:

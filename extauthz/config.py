@@ -6,6 +6,7 @@ unknown keys are errors because a typo must never silently disable a check.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -70,6 +71,16 @@ DEFAULT_ALGORITHMS: tuple[Algorithm, ...] = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
     "ES256", "ES384", "ES512", "EdDSA",
 )  # fmt: skip
+
+
+def _absolute_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    return value
+
+
+AbsoluteUrl = Annotated[str, AfterValidator(_absolute_url)]
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
 
@@ -173,6 +184,9 @@ class Provider(_Model):
         default_factory=lambda: MappingProxyType({})
     )
     payload_header: HeaderName | None = None
+    # RFC 9728: the URL of this resource's protected-resource metadata, named in every
+    # 401 and 403 challenge for this provider (MCP clients discover the issuer from it).
+    resource_metadata: AbsoluteUrl | None = None
 
     @field_validator("jwks_uri")
     @classmethod
@@ -227,6 +241,42 @@ class Provider(_Model):
         return "inline jwks"
 
 
+class ProtectedResource(_Model):
+    """RFC 9728 metadata served by the HTTP front door at
+    ``/.well-known/oauth-protected-resource``."""
+
+    resource: AbsoluteUrl
+    authorization_servers: tuple[AbsoluteUrl, ...] = Field(min_length=1)
+    scopes_supported: tuple[str, ...] = ()
+
+
+def _network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address or CIDR range") from None
+
+
+class HttpSettings(_Model):
+    """The ``server.http:`` section: the HTTP front door (forward-auth)."""
+
+    listen: str
+    path_prefix: str = Field(default="", pattern=r"^(/[^?#\s]*)?$")
+    original_request: Literal["request", "forwarded", "original"] = "request"
+    trusted_proxies: tuple[Annotated[str, AfterValidator(_network)], ...] = (
+        "127.0.0.1/32",
+        "::1/128",
+    )
+    client_cert_header: HeaderName | None = None
+    protected_resource: ProtectedResource | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        split_address(value)
+        return value
+
+
 class TLS(_Model):
     cert_file: Path
     key_file: Path = Field(repr=False)
@@ -244,6 +294,7 @@ class ServerSettings(_Model):
     tls: TLS | None = None
     # On SIGTERM: NOT_SERVING at once, keep answering this long, then drain and exit.
     shutdown_delay: Duration = 0.0
+    http: HttpSettings | None = None
 
     @field_validator("listen", "admin_listen")
     @classmethod
@@ -405,6 +456,36 @@ def _catch_all(match: object) -> bool:
     )
 
 
+def _http_problems(data: Mapping[str, Any], providers: Mapping[str, Any]) -> list[tuple[str, str]]:
+    server = data.get("server")
+    http = server.get("http") if isinstance(server, Mapping) else None
+    if not isinstance(http, Mapping):
+        return []
+    found: list[tuple[str, str]] = []
+    mode = http.get("original_request", "request")
+    prefix = str(http.get("path_prefix") or "").strip("/")
+    if http.get("protected_resource") is not None and mode == "request" and not prefix:
+        found.append(
+                ("server.http.protected_resource",
+                 "with original_request: request, set a path_prefix: otherwise a request "
+                 "for /.well-known/oauth-protected-resource cannot be told from an auth "
+                 "request for that path")
+            )  # fmt: skip
+    for name, p in providers.items():
+        if not isinstance(p, Mapping) or p.get("forward_token", True) is not False:
+            continue
+        sources = p.get("token_sources")
+        if isinstance(sources, list) and any(
+            isinstance(src, Mapping) and "query" in src for src in sources
+        ):
+            found.append(
+                (f"providers.{name}.forward_token",
+                 "false cannot remove a query token through the HTTP front door "
+                 "(server.http): read the token from a header or a cookie")
+            )  # fmt: skip
+    return found
+
+
 def config_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(dotted path, message) for every check that involves several keys."""
     found: list[tuple[str, str]] = []
@@ -424,6 +505,7 @@ def config_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
                      "(a token's iss must select exactly one provider)")
                 )  # fmt: skip
             issuers.setdefault(issuer, name)
+    found += _http_problems(data, providers)
     rules = data.get("rules")
     seen: set[str] = set()
     catch_all: str | None = None
@@ -449,15 +531,29 @@ def config_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     return found
 
 
-#: ``server.*`` keys that only a restart changes (listeners, processes, TLS).
-RESTART_ONLY = ("listen", "admin_listen", "workers", "tls")
+#: ``server.*`` keys that only a restart changes (listeners, processes, TLS). Adding or
+#: removing ``server.http`` counts as a change of ``http.listen``.
+RESTART_ONLY = ("listen", "admin_listen", "workers", "tls", "http.listen")
 
 
-def with_server(config: Config, **changes: Any) -> Config:
-    """``config`` with some ``server.*`` settings replaced, validated like a file's."""
-    current = {name: getattr(config.server, name) for name in ServerSettings.model_fields}
+def with_server(config: Config, changes: Mapping[str, Any] | None = None, /, **more: Any) -> Config:
+    """``config`` with some ``server.*`` settings replaced, validated like a file's.
+
+    Keys may be dotted into a section (``{"http.listen": "0.0.0.0:9193"}``); a dotted
+    key into a section that is not configured changes nothing."""
+    current: dict[str, Any] = {
+        name: getattr(config.server, name) for name in ServerSettings.model_fields
+    }
+    for key, value in {**(changes or {}), **more}.items():
+        section, dot, field = key.partition(".")
+        if not dot:
+            current[section] = value
+        elif isinstance(current.get(section), BaseModel):
+            current[section] = current[section].model_copy(update={field: value})
     try:
-        server = ServerSettings.model_validate({**current, **changes})
+        server = ServerSettings.model_validate(
+            {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in current.items()}
+        )
     except ValidationError as exc:
         raise ConfigError(
             [(f"server.{_path(e['loc'])}", _message(e)) for e in exc.errors()]
@@ -584,6 +680,15 @@ def summary(config: Config) -> str:
         f"server: grpc {s.listen}, admin {s.admin_listen or 'disabled'}, "
         f"workers {s.workers}, tls {tls}",
     ]
+    if s.http is not None:
+        h = s.http
+        prefix = f", path_prefix {h.path_prefix}" if h.path_prefix else ""
+        lines.append(
+            f"http front door: {h.listen}, original request from {h.original_request}"
+            f"{prefix}, trusted proxies {', '.join(h.trusted_proxies)}"
+        )
+        if h.protected_resource is not None:
+            lines.append(f"  serves RFC 9728 metadata for {h.protected_resource.resource}")
     for name, p in config.providers.items():
         aud = ", ".join(p.audiences) if p.audiences else "(audience check disabled)"
         lines.append(f"provider {name}: issuer {p.issuer}")
@@ -591,6 +696,8 @@ def summary(config: Config) -> str:
         lines.append(f"  keys: {p.key_source}, refresh {p.refresh_interval:g}s")
         lines.append(f"  algorithms: {', '.join(p.algorithms)}; clock skew {p.clock_skew:g}s")
         lines.append(f"  tokens from: {'; '.join(t.describe() for t in p.token_sources)}")
+        if p.resource_metadata:
+            lines.append(f"  resource_metadata: {p.resource_metadata}")
     if config.rules is None:
         lines.append("rules: none (every request needs a valid token from any provider)")
     else:

@@ -11,12 +11,13 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 #: Set by the worker supervisor before workers start (prometheus multiprocess mode).
-MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+#: Read when asked, not at import: the supervisor imports this module before it sets it.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 CHECKS = Counter(
     "extauthz_check",
     "Authorization decisions.",
-    ["decision", "reason", "provider", "rule"],
+    ["decision", "reason", "provider", "rule", "front_door"],
     registry=REGISTRY,
 )
 CHECK_DURATION = Histogram(
@@ -61,6 +62,11 @@ TOKEN_CACHE = Counter(
 )
 
 
+EVENT_LOOP_STALLS = Counter(
+    "extauthz_event_loop_stalls",
+    "Times the event loop was blocked for more than 250 ms (every request waited too).",
+    registry=REGISTRY,
+)
 CONFIG_RELOADS = Counter(
     "extauthz_config_reload",
     "Configuration reloads (SIGHUP or file change).",
@@ -70,14 +76,16 @@ CONFIG_RELOADS = Counter(
 
 
 @lru_cache(maxsize=4096)
-def check_counter(decision: str, reason: str, provider: str, rule: str) -> Counter:
-    return CHECKS.labels(decision, reason, provider, rule)
+def check_counter(decision: str, reason: str, provider: str, rule: str, front_door: str) -> Counter:
+    return CHECKS.labels(decision, reason, provider, rule, front_door)
 
 
 def exposition_registry() -> CollectorRegistry:
     """What /metrics serves: this process, or the aggregate of every worker."""
-    if MULTIPROC_DIR:
+    path = os.environ.get(MULTIPROC_ENV)
+    if path:
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=MULTIPROC_DIR)  # type: ignore[no-untyped-call]
+        # prometheus_client leaves MultiProcessCollector.__init__ unannotated.
+        MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
         return registry
     return REGISTRY

@@ -72,8 +72,9 @@ def _pod() -> dict[str, Any]:
 
 
 def _container() -> dict[str, Any]:
-    (container,) = _pod()["containers"]
-    return container  # type: ignore[no-any-return]
+    containers: list[dict[str, Any]] = _pod()["containers"]
+    (container,) = containers
+    return container
 
 
 def _config_text() -> str:
@@ -216,9 +217,12 @@ def test_container_ports_are_the_config_ports() -> None:
     cfg = _config()
     assert _container_port("grpc") == _port(cfg.server.listen)
     assert _container_port("admin") == _port(cfg.server.admin_listen)
+    assert cfg.server.http is not None
+    assert _container_port("http") == _port(cfg.server.http.listen)
     assert {p["containerPort"] for p in _container()["ports"]} == {
         _port(cfg.server.listen),
         _port(cfg.server.admin_listen),
+        _port(cfg.server.http.listen),
     }
 
 
@@ -246,6 +250,9 @@ def test_service_targets_the_container_ports() -> None:
     assert _resolve_port(by_name["grpc"]["targetPort"]) == _port(_config().server.listen)
     assert by_name["grpc"]["appProtocol"] == "grpc"  # Istio must speak HTTP/2 to it
     assert _resolve_port(by_name["admin"]["targetPort"]) == _port(_config().server.admin_listen)
+    http = _config().server.http
+    assert http is not None
+    assert _resolve_port(by_name["http"]["targetPort"]) == _port(http.listen)
 
 
 def test_istio_provider_points_at_the_service() -> None:

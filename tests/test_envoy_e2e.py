@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -120,7 +120,7 @@ def _bad_signature() -> str:
     return f"{head}.{body}.{other}"
 
 
-BAD_TOKENS = {
+BAD_TOKENS: dict[str, tuple[Callable[[], str], str]] = {
     "malformed": (lambda: "not-a-jwt", "token malformed"),
     "expired": (
         lambda: SIGNERS["RS256"].sign(claims(ISS, AUD, now=time.time() - 3600)),
@@ -160,7 +160,10 @@ def test_denials_are_counted_in_metrics(stack: Stack) -> None:
 
     stack.get()
     text = http_request("127.0.0.1", stack.server.server.admin_port, "GET", "/metrics").text
-    assert 'extauthz_check_total{decision="deny",provider="",reason="missing_token"' in text
+    assert (
+        'extauthz_check_total{decision="deny",front_door="grpc",provider="",'
+        'reason="missing_token"' in text
+    )
     assert "extauthz_check_duration_seconds_bucket" in text
 
 

@@ -78,3 +78,35 @@ def test_two_workers_share_the_port_aggregate_metrics_and_restart(tmp_path: Path
         assert "worker_died" in events and events[-1] == "stopped"
     finally:
         server.stop()
+
+
+def test_every_worker_serves_the_http_front_door_on_one_port(tmp_path: Path) -> None:
+    cfg = {
+        "server": {
+            "listen": "127.0.0.1:0",
+            "admin_listen": "127.0.0.1:0",
+            "workers": 2,
+            "http": {"listen": "127.0.0.1:0"},
+        },
+        "providers": {"p": {"issuer": ISS, "audiences": ["api"], "jwks": jwks(SIGNER)}},
+    }
+    server = ServeProcess(tmp_path, "http-workers", cfg)
+    try:
+        info = server.event("started")
+        assert info is not None and info["http"] is not None
+        port = int(info["http"].rpartition(":")[2])
+        assert port != 0
+        wait_for(server.ready, 30, "both workers ready")
+        token = SIGNER.sign(claims(ISS, "api"))
+        statuses = {
+            http_request(
+                "127.0.0.1", port, "GET", "/x", headers={"authorization": f"Bearer {token}"}
+            ).status
+            for _ in range(20)  # separate connections: spread over both workers
+        }
+        assert statuses == {200}
+        assert http_request("127.0.0.1", port, "GET", "/x").status == 401
+        metrics = http_request("127.0.0.1", server.admin_port, "GET", "/metrics").text
+        assert 'front_door="http"' in metrics
+    finally:
+        server.stop()

@@ -23,6 +23,8 @@ class Decision:
     deny: DenyKind | None = None  # set exactly when not allowed
     description: str = ""  # coarse and token-free; shown to the client on a deny
     scope: str = ""  # the scopes an insufficient_scope deny asks for
+    # RFC 9728: where the refused client finds the protected resource's metadata.
+    resource_metadata: str = ""
     set_headers: tuple[tuple[str, str], ...] = ()
     remove_headers: tuple[str, ...] = ()
     remove_query: tuple[str, ...] = ()  # query parameters removed before proxying
@@ -48,6 +50,7 @@ class NeedKeys:
     rule: str
     kid: str | None
     iss: str | None
+    resource_metadata: str = ""  # for the challenge if the kid stays unknown
 
 
 def refuse(exc: Denied, **fields: Any) -> Decision:
@@ -64,4 +67,11 @@ def refuse(exc: Denied, **fields: Any) -> Decision:
 
 def unknown_key(need: NeedKeys) -> Decision:
     """The refusal once a refetch could not produce the token's kid."""
-    return refuse(UnknownKey(), rule=need.rule, provider=need.provider, kid=need.kid, iss=need.iss)
+    return refuse(
+        UnknownKey(),
+        rule=need.rule,
+        provider=need.provider,
+        kid=need.kid,
+        iss=need.iss,
+        resource_metadata=need.resource_metadata,
+    )

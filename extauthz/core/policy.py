@@ -17,12 +17,17 @@ from typing import Any
 
 from .. import errors
 from ..config import Config, Provider, Rule, TokenSource, compile_regex
+from ..errors import DenyKind
 from . import paths, tokens
 from .decision import Decision, NeedKeys, refuse
 from .headers import header_value
 from .request import CONTEXT_RULE_KEY, AuthRequest
 from .verifier import Keys, TokenVerifier
 from .verify import Verified
+
+_CHALLENGES_WITH_METADATA = frozenset(
+    {DenyKind.MISSING_TOKEN, DenyKind.NO_RULE, DenyKind.INVALID_TOKEN, DenyKind.INSUFFICIENT_SCOPE}
+)
 
 
 def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
@@ -53,6 +58,7 @@ class _CompiledRule:
     sources: tuple[TokenSource, ...]
     # Which providers accept a token from each source: the verifier picks by `iss`.
     accepted: Mapping[TokenSource, Mapping[str, Provider]]
+    resource_metadata: str  # RFC 9728 URL for this rule's challenges, "" when none
 
 
 def _matcher(rule: Rule) -> Callable[[AuthRequest, str], bool]:
@@ -110,6 +116,10 @@ class Policy:
         self.rules = tuple(self._compile(r) for r in rules)
         self.by_name = {r.rule.name: r for r in self.rules}
         self._deny_default = config.default_action == "deny"
+        # The configuration's first provider with RFC 9728 metadata ("": none at all).
+        self._metadata = next(
+            (p.resource_metadata for p in config.providers.values() if p.resource_metadata), ""
+        )
 
     def _compile(self, rule: Rule) -> _CompiledRule:
         names = rule.providers if rule.providers is not None else tuple(self.providers)
@@ -118,7 +128,13 @@ class Policy:
         accepted = {
             s: {p.name: p.config for p in provs if s in p.config.token_sources} for s in sources
         }
-        return _CompiledRule(rule, _matcher(rule), provs, sources, accepted)
+        # The first provider, in the rule's order and then the configuration's, that
+        # publishes protected-resource metadata.
+        ordered = [*provs, *self.providers.values()]
+        metadata = next(
+            (p.config.resource_metadata for p in ordered if p.config.resource_metadata), None
+        )
+        return _CompiledRule(rule, _matcher(rule), provs, sources, accepted, metadata or "")
 
     # -- decision ---------------------------------------------------------------------
     def select(self, req: AuthRequest) -> _CompiledRule | None:
@@ -136,6 +152,24 @@ class Policy:
 
     def decide(self, req: AuthRequest, keys: Keys, now: float) -> Decision | NeedKeys:
         """``keys(provider)`` returns its usable KeySet (None: no usable keys)."""
+        result = self._decide(req, keys, now)
+        if self._metadata and isinstance(result, Decision) and not result.allowed:
+            return self._challenge_metadata(result)
+        return result
+
+    def _challenge_metadata(self, decision: Decision) -> Decision:
+        """RFC 9728: 401 and 403 challenges name the protected-resource metadata of the
+        token's provider, else of the first provider of the rule that has some."""
+        if decision.deny not in _CHALLENGES_WITH_METADATA:
+            return decision
+        own = self.providers.get(decision.provider)
+        url = own.config.resource_metadata if own is not None else None
+        if not url:
+            rule = self.by_name.get(decision.rule)
+            url = rule.resource_metadata if rule is not None else self._metadata
+        return dataclasses.replace(decision, resource_metadata=url or "")
+
+    def _decide(self, req: AuthRequest, keys: Keys, now: float) -> Decision | NeedKeys:
         try:
             rule = self.select(req)
         except errors.UnknownRule as exc:
@@ -156,7 +190,9 @@ class Policy:
                 raise errors.MissingToken()
             result = self.verifier.verify(token.token, rule.accepted[token.source], keys, now)
             if isinstance(result, NeedKeys):
-                return dataclasses.replace(result, rule=name)
+                own = self.providers[result.provider].config.resource_metadata
+                metadata = own or rule.resource_metadata
+                return dataclasses.replace(result, rule=name, resource_metadata=metadata)
             verified = result
             self._check_rule(rule.rule, verified.claims)
             return self._allow(req, rule.rule, self.providers[verified.provider], token, verified)

@@ -15,6 +15,7 @@ class AuthRequest:
     front door's own call)."""
 
     method: str = "GET"
+    scheme: str = ""  # "http" or "https" when the front door knows it
     host: str = ""
     path: str = "/"  # including the query string (Envoy leaves http.query empty)
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names

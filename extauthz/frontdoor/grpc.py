@@ -30,6 +30,7 @@ from .._proto.google.rpc import status_pb2
 from ..core.decision import Decision, refuse
 from ..core.request import AuthRequest
 from ..errors import DenyKind
+from . import challenge
 
 if TYPE_CHECKING:
     from ..authorizer import Authorizer
@@ -67,7 +68,8 @@ MEMO_SIZE = 256
 def _headers(http: Any) -> Mapping[str, str]:
     if http.headers:
         # Envoy sends lower-case names (HTTP/2 requires them): read its map in place
-        # rather than copying every header on every request.
+        # rather than copying every header on every request. (protobuf messages are
+        # untyped to mypy here: the map is a str -> str mapping.)
         return http.headers  # type: ignore[no-any-return]
     out: dict[str, str] = {}
     for h in http.header_map.headers:
@@ -89,6 +91,7 @@ def to_auth_request(request: CheckRequest) -> AuthRequest:
         path = f"{path}?{http.query}"
     return AuthRequest(
         method=http.method or headers.get(":method", "GET"),
+        scheme=http.scheme or headers.get(":scheme", ""),
         host=http.host or headers.get(":authority", headers.get("host", "")),
         path=path,
         headers=headers,
@@ -97,22 +100,6 @@ def to_auth_request(request: CheckRequest) -> AuthRequest:
 
 
 # -- out ---------------------------------------------------------------------------------
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def www_authenticate(realm: str, error: str | None, description: str, scope: str) -> str:
-    """RFC 6750 §3: no error attributes when the request carried no credentials."""
-    parts = [f'Bearer realm="{_quote(realm)}"']
-    if error is not None:
-        parts.append(f'error="{error}"')
-        if description:
-            parts.append(f'error_description="{_quote(description)}"')
-        if scope:
-            parts.append(f'scope="{_quote(scope)}"')
-    return ", ".join(parts)
-
-
 def _hvo(key: str, value: str) -> Any:
     return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value))
 
@@ -122,24 +109,26 @@ def http_status(decision: Decision) -> int:
 
 
 @lru_cache(maxsize=1024)
-def _denied(realm: str, kind: DenyKind, description: str, scope: str, reason: str) -> bytes:
+def _denied(
+    realm: str, kind: DenyKind, description: str, scope: str, reason: str, resource_metadata: str
+) -> bytes:
     """Deny answers are few and fixed: build each once and reuse the serialized bytes."""
     answer = ANSWERS[kind]
     headers = [_hvo("content-type", "application/json")]
     if answer.challenge:
-        challenge = www_authenticate(realm, answer.oauth_error, description, scope)
-        headers.append(_hvo("www-authenticate", challenge))
+        value = challenge.www_authenticate(
+            realm, answer.oauth_error, description, scope, resource_metadata
+        )
+        headers.append(_hvo("www-authenticate", value))
     else:
         headers.append(_hvo("retry-after", "1"))
-    body = {"error": answer.oauth_error or reason}
-    if description:
-        body["error_description"] = description
     response = CheckResponse(
         status=status_pb2.Status(code=answer.grpc_code, message=description),
         denied_response=pb.DeniedHttpResponse(
+            # The stub types `code` as the StatusCode enum; protobuf takes its int value.
             status=http_status_pb2.HttpStatus(code=answer.http_status),  # type: ignore[arg-type]
             headers=headers,
-            body=json.dumps(body),
+            body=challenge.body(answer.oauth_error or reason, description),
         ),
     )
     return bytes(response.SerializeToString())
@@ -184,9 +173,9 @@ def encode(decision: Decision, realm: str) -> bytes:
     """The serialized CheckResponse for a decision."""
     if decision.deny is not None:
         return _denied(realm, decision.deny, decision.description, decision.scope,
-                       decision.reason)  # fmt: skip
+                       decision.reason, decision.resource_metadata)  # fmt: skip
     if not decision.allowed:  # a deny without a kind: never let it pass as status 0
-        return _denied(realm, DenyKind.UNAVAILABLE, "", "", "internal_error")
+        return _denied(realm, DenyKind.UNAVAILABLE, "", "", "internal_error", "")
     response = CheckResponse(
         status=status_pb2.Status(code=OK),
         ok_response=pb.OkHttpResponse(
@@ -246,7 +235,7 @@ class AuthorizationServicer:
             _log.exception("check_answer_unencodable", reason=decision.reason)
             decision = refuse(errors.InternalError(), rule=decision.rule)
             answer = encode(decision, realm)
-        authorizer.record(req, decision, http_status(decision), started)
+        authorizer.record(req, decision, http_status(decision), started, front_door="grpc")
         return answer
 
     def handler(self) -> grpc.GenericRpcHandler:

@@ -29,6 +29,7 @@ from ..authorizer import Authorizer
 from ..config import Config, Provider, split_address
 from ..core.policy import Policy
 from ..errors import ConfigError
+from ..frontdoor import http as http_door
 from ..frontdoor.grpc import SERVICE_NAME, AuthorizationServicer
 from ..keys import source as keysource
 from ..keys.jwks import KeySet
@@ -70,16 +71,18 @@ class ServingProcess:
         self.authorizer: Authorizer | None = None
         self._servicer: AuthorizationServicer | None = None
         self._grpc: grpc.aio.Server | None = None
+        self._http_door: http_door.Listener | None = None
         self._health = health.aio.HealthServicer()
         self._admin: web.AppRunner | None = None
         self._ticker: Ticker | None = None
         self.draining = False
         self.grpc_port = 0
+        self.http_port = 0
         self.admin_port = 0
         self._serving: bool | None = None
 
     # -- parts ---------------------------------------------------------------------------
-    def _http(self) -> aiohttp.ClientSession:
+    def _http_client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 headers={"user-agent": f"extauthz/{__version__}"},
@@ -88,7 +91,7 @@ class ServingProcess:
         return self._session
 
     def _new_source(self, name: str, provider: Provider) -> keysource.KeySource:
-        return keysource.build(name, provider, self._http, on_change=self._keys_changed)
+        return keysource.build(name, provider, self._http_client, on_change=self._keys_changed)
 
     def _keys_changed(self, provider: str, old: KeySet, new: KeySet) -> None:
         if self.authorizer is not None:  # the current one, also after a reload
@@ -119,6 +122,9 @@ class ServingProcess:
         else:
             self.grpc_port = self._grpc.add_insecure_port(target)
         await self._grpc.start()
+        if cfg.server.http is not None:
+            self._http_door = http_door.Listener(cfg.server.http, self.authorizer)
+            self.http_port = await self._http_door.start(reuse_port=self._reuse_port)
         for src in self.sources.values():
             src.start()
         if cfg.server.admin_listen is not None:
@@ -141,6 +147,7 @@ class ServingProcess:
             pid=os.getpid(),
             version=__version__,
             grpc=f"{host}:{self.grpc_port}",
+            http=_http_address(cfg, self.http_port),
             tls=_tls_mode(cfg),
             admin=f"{admin_host}:{self.admin_port}" if cfg.server.admin_listen else None,
             providers={n: p.key_source for n, p in cfg.providers.items()},
@@ -155,8 +162,11 @@ class ServingProcess:
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.begin_drain()
-        if self._grpc is not None:
-            await self._grpc.stop(grace)
+        # Both doors stop accepting, then finish what is in flight, together.
+        await asyncio.gather(
+            *([self._grpc.stop(grace)] if self._grpc is not None else []),
+            *([self._http_door.stop(grace)] if self._http_door is not None else []),
+        )
         if self._ticker is not None:
             await self._ticker.stop()
         for src in self.sources.values():
@@ -224,7 +234,7 @@ class ServingProcess:
         try:
             new = configmod.load(self.config_path)
             if self._overrides:
-                new = configmod.with_server(new, **self._overrides)
+                new = configmod.with_server(new, self._overrides)
         except ConfigError as exc:
             metrics.CONFIG_RELOADS.labels("error").inc()
             _log.error(
@@ -253,6 +263,8 @@ class ServingProcess:
         self.config, self.sources, self.authorizer = change.config, sources, authorizer
         if self._servicer is not None:
             self._servicer.use(authorizer)
+        if self._http_door is not None and change.config.server.http is not None:
+            self._http_door.use(authorizer, change.config.server.http)
         for src in change.retired:
             await src.stop()
         metrics.CONFIG_RELOADS.labels("success").inc()
@@ -264,6 +276,12 @@ class ServingProcess:
             providers_removed=sorted(s.name for s in change.retired if s.name not in sources),
         )
         return True
+
+
+def _http_address(cfg: Config, port: int) -> str | None:
+    if cfg.server.http is None:
+        return None
+    return f"{split_address(cfg.server.http.listen)[0]}:{port}"
 
 
 def _tls_mode(cfg: Config) -> str | bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..config import RESTART_ONLY, Config, Provider, with_server
 from ..keys.source import KeySource
@@ -26,11 +27,26 @@ class ReloadPlan:
     needs_restart: tuple[str, ...]  # `server.*` keys that changed but wait for a restart
 
 
+def _value(config: Config, key: str) -> Any:
+    """A ``server.*`` setting by dotted key (None where a section is absent)."""
+    value: Any = config.server
+    for part in key.split("."):
+        value = getattr(value, part, None) if value is not None else None
+    return value
+
+
 def plan(old: Config, new: Config, sources: Mapping[str, KeySource]) -> ReloadPlan:
     """What a reload from ``old`` to ``new`` does. Pure: nothing starts or stops here."""
-    changed = tuple(k for k in RESTART_ONLY if getattr(new.server, k) != getattr(old.server, k))
+    changed = tuple(k for k in RESTART_ONLY if _value(new, k) != _value(old, k))
     if changed:
-        new = with_server(new, **{k: getattr(old.server, k) for k in changed})
+        keep: dict[str, Any] = {k: getattr(old.server, k) for k in changed if "." not in k}
+        if "http.listen" in changed:
+            # The HTTP listener stays as it runs; its other settings apply.
+            if old.server.http is None or new.server.http is None:
+                keep["http"] = old.server.http
+            else:
+                keep["http"] = new.server.http.model_copy(update={"listen": old.server.http.listen})
+        new = with_server(new, **keep)
     kept: dict[str, KeySource] = {}
     started: dict[str, Provider] = {}
     inherits: dict[str, KeySource] = {}

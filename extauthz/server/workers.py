@@ -46,15 +46,18 @@ def _reserve(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(config_path: str, listen: str, status_file: str, log_level: str | None,
-            log_format: str | None) -> None:  # fmt: skip
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _worker(config_path: str, overrides: dict[str, Any], status_file: str,
+            log_level: str | None, log_format: str | None) -> None:  # fmt: skip
     # A fresh interpreter (spawn): configure logging and load the config again here.
     from .. import logs as logmod
     from .process import serve
 
     logmod.configure(log_level, log_format)
-    overrides = {"listen": listen, "admin_listen": None}
-    cfg = cfgmod.with_server(cfgmod.load(config_path), **overrides)
+    cfg = cfgmod.with_server(cfgmod.load(config_path), overrides)
     code = asyncio.run(
         serve(cfg, reuse_port=True, status_file=Path(status_file), announce=False,
               config_path=Path(config_path), overrides=overrides)
@@ -83,16 +86,28 @@ class Supervisor:
         self._sock = _reserve(host, port)
         self.host = host
         self.port = int(self._sock.getsockname()[1])
+        # The HTTP front door's port is held the same way (port 0 works there too).
+        self._http_sock: socket.socket | None = None
+        self.http_listen: str | None = None
+        if config.server.http is not None:
+            http_host, http_port = split_address(config.server.http.listen)
+            self._http_sock = _reserve(http_host, http_port)
+            self.http_listen = _address(http_host, int(self._http_sock.getsockname()[1]))
         self._ctx = multiprocessing.get_context("spawn")
 
     def _status_file(self, slot: int) -> Path:
         return self.dir / f"status-{slot}.json"
 
     def _spawn(self, slot: int) -> None:
-        listen = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        overrides: dict[str, Any] = {
+            "listen": _address(self.host, self.port),
+            "admin_listen": None,
+        }
+        if self.http_listen is not None:
+            overrides["http.listen"] = self.http_listen
         proc = self._ctx.Process(
             target=_worker,
-            args=(self.config_path, listen, str(self._status_file(slot)), *self._log_args),
+            args=(self.config_path, overrides, str(self._status_file(slot)), *self._log_args),
             name=f"extauthz-worker-{slot}",
         )
         proc.start()
@@ -131,6 +146,7 @@ class Supervisor:
                 if not proc.is_alive() and not self._stopping:
                     _log.error("worker_died", slot=slot, pid=proc.pid, exitcode=proc.exitcode)
                     if proc.pid is not None:
+                        # prometheus_client leaves this function unannotated.
                         multiprocess.mark_process_dead(proc.pid, str(self.dir))  # type: ignore[no-untyped-call]
                     self._status_file(slot).unlink(missing_ok=True)
                     n = self._restarts.get(slot, 0)
@@ -154,7 +170,8 @@ class Supervisor:
         admin_at = None
         if self.config.server.admin_listen is not None and admin_port is not None:
             admin_at = f"{split_address(self.config.server.admin_listen)[0]}:{admin_port}"
-        _log.info("started", grpc=f"{self.host}:{self.port}", workers=self.n, admin=admin_at)
+        _log.info("started", grpc=f"{self.host}:{self.port}", http=self.http_listen,
+                  workers=self.n, admin=admin_at)  # fmt: skip
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -182,6 +199,8 @@ class Supervisor:
         if runner is not None:
             await runner.cleanup()
         self._sock.close()
+        if self._http_sock is not None:
+            self._http_sock.close()
         _log.info("stopped")
         return 0
 
