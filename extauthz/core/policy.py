@@ -25,6 +25,9 @@ from .request import CONTEXT_RULE_KEY, AuthRequest
 from .verifier import Keys, TokenVerifier
 from .verify import Verified
 
+#: Allow decisions kept for the hottest tokens (FIFO).
+HOT_ANSWERS = 256
+
 _CHALLENGES_WITH_METADATA = frozenset(
     {DenyKind.MISSING_TOKEN, DenyKind.NO_RULE, DenyKind.INVALID_TOKEN, DenyKind.INSUFFICIENT_SCOPE}
 )
@@ -116,6 +119,9 @@ class Policy:
         self.rules = tuple(self._compile(r) for r in rules)
         self.by_name = {r.rule.name: r for r in self.rules}
         self._deny_default = config.default_action == "deny"
+        # Finished allows of the hottest tokens, reached only after a verification
+        # (or a cache hit) that passed for this request.
+        self._allows: dict[tuple[bytes, str, TokenSource], Decision] = {}
         # The configuration's first provider with RFC 9728 metadata ("": none at all).
         self._metadata = next(
             (p.resource_metadata for p in config.providers.values() if p.resource_metadata), ""
@@ -232,6 +238,14 @@ class Policy:
         verified: Verified,
     ) -> Decision:
         cfg = prov.config
+        # Same token, rule and source: the same answer (claims and config are immutable),
+        # unless the answer is cut from the request itself (a rewritten cookie header).
+        reuse_key: tuple[bytes, str, TokenSource] | None = None
+        if verified.digest and (cfg.forward_token or token.source.cookie is None):
+            reuse_key = (verified.digest, rule.name, token.source)
+            known = self._allows.get(reuse_key)
+            if known is not None:
+                return known
         claims = verified.claims
         sets: list[tuple[str, str]] = []
         for header, claim in cfg.claims_to_headers.items():
@@ -250,18 +264,12 @@ class Policy:
         set_names = {h for h, _ in sets}
         remove = [h for h in self.injected if h not in set_names]
         remove_query: tuple[str, ...] = ()
-        # Same token, rule and source: the same answer (claims and config are immutable),
-        # unless the answer is cut from the request itself (a rewritten cookie header).
-        reuse_key: tuple[bytes, str, TokenSource] | None = None
-        if verified.digest:
-            reuse_key = (verified.digest, rule.name, token.source)
         if not cfg.forward_token:
             # The token stays here: whichever place it came from is emptied.
             source = token.source
             if source.header is not None:
                 remove.append(source.header)
             elif source.cookie is not None:
-                reuse_key = None
                 rest = tokens.without_cookie(req.headers.get("cookie", ""), source.cookie)
                 if rest:
                     sets.append(("cookie", rest))
@@ -270,7 +278,7 @@ class Policy:
             elif source.query is not None:
                 remove_query = (source.query,)
         sub = claims.get("sub")
-        return Decision(
+        decision = Decision(
             allowed=True,
             reason="ok",
             rule=rule.name,
@@ -290,3 +298,8 @@ class Policy:
             iss=cfg.issuer,
             sub=sub if isinstance(sub, str) else None,
         )
+        if reuse_key is not None:
+            if len(self._allows) >= HOT_ANSWERS:
+                del self._allows[next(iter(self._allows))]  # oldest first (dicts keep order)
+            self._allows[reuse_key] = decision
+        return decision
