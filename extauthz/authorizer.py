@@ -9,6 +9,7 @@ token. ``record`` counts and logs the answer a front door actually sent.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 
@@ -18,6 +19,7 @@ from .core.policy import Policy
 from .core.request import CONTEXT_RULE_KEY, AuthRequest
 from .keys.jwks import KeySet
 from .keys.source import KeySource
+from .replay import MemoryReplayStore, ReplayStore, ReplayStoreDown
 
 _log = logs.get("extauthz.decision")
 
@@ -29,17 +31,30 @@ MAX_NAMED_EXTENSIONS = 64
 _UNKNOWN_EXTENSIONS: set[str] = set()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReplayCheck:
+    """An allow that waits for its DPoP proof's jti to be claimed in a shared store."""
+
+    decision: Decision
+
+
+#: What :meth:`Authorizer.first` may leave for :meth:`Authorizer.resolve`.
+Pending = NeedKeys | ReplayCheck
+
+
 class Authorizer:
     def __init__(
         self,
         policy: Policy,
         sources: Mapping[str, KeySource],
         *,
+        replay: ReplayStore | None = None,
         clock: Callable[[], float] = time.time,
         unknown_kid_wait: float = UNKNOWN_KID_WAIT,
     ) -> None:
         self.policy = policy
         self.sources = sources
+        self.replay: ReplayStore = replay if replay is not None else MemoryReplayStore()
         self._clock = clock
         self._wait = unknown_kid_wait
 
@@ -61,33 +76,67 @@ class Authorizer:
 
         ``time_remaining``: the caller's deadline, in seconds, if it has one."""
         result = self.first(req)
-        if isinstance(result, NeedKeys):
-            budget = self._wait
-            if time_remaining is not None:
-                # Leave half the deadline for answering: a late allow is a timeout.
-                budget = min(budget, max(0.0, time_remaining / 2))
-            return await self.resolve(req, result, budget)
-        return result
+        if isinstance(result, Decision):
+            return result
+        budget = self._wait
+        if time_remaining is not None:
+            # Leave half the deadline for answering: a late allow is a timeout.
+            budget = min(budget, max(0.0, time_remaining / 2))
+        return await self.resolve(req, result, budget)
 
-    def first(self, req: AuthRequest) -> Decision | NeedKeys:
-        """Decide without waiting: a decision, or NeedKeys for :meth:`resolve`. Never
-        raises (a bug becomes a logged 503 deny)."""
+    def first(self, req: AuthRequest) -> Decision | Pending:
+        """Decide without waiting: a decision, or what :meth:`resolve` must still wait
+        for (an unknown kid's refetch, a DPoP proof's replay check in a shared store).
+        Never raises (a bug becomes a logged 503 deny)."""
         try:
             if req.context_extensions:
                 _note_extensions(req.context_extensions)
-            return self.policy.decide(req, self._keys, self._clock())
+            result = self.policy.decide(req, self._keys, self._clock())
+            if isinstance(result, Decision) and result.replay is not None:
+                if not isinstance(self.replay, MemoryReplayStore):
+                    return ReplayCheck(result)  # a shared store: ask it without blocking
+                try:
+                    return self._claimed(result, self.replay.claim_now(*result.replay))
+                except ReplayStoreDown:
+                    return self._refused(result, errors.ReplayStoreUnavailable())
+            return result
         except Exception:  # fail closed on bugs; never let an exception reach a proxy
             _log.exception("check_failed", request_id=req.request_id)
             return refuse(errors.InternalError())
 
-    async def resolve(self, req: AuthRequest, need: NeedKeys, budget: float) -> Decision:
-        """The decision once the shared unknown-kid refetch (waited for at most
-        ``budget`` seconds) found the kid, or did not. Never raises."""
+    async def resolve(self, req: AuthRequest, pending: Pending, budget: float) -> Decision:
+        """The decision once what :meth:`first` could not wait for is known: the shared
+        unknown-kid refetch (waited for at most ``budget`` seconds), the replay store.
+        Never raises."""
         try:
-            return await self._after_refetch(req, need, budget)
+            if isinstance(pending, NeedKeys):
+                result = await self._after_refetch(req, pending, budget)
+                if result.replay is None:
+                    return result
+                pending = ReplayCheck(result)
+            return await self._claim(pending.decision)
         except Exception:
             _log.exception("check_failed", request_id=req.request_id)
             return refuse(errors.InternalError())
+
+    async def _claim(self, decision: Decision) -> Decision:
+        assert decision.replay is not None
+        try:
+            fresh = await self.replay.claim(*decision.replay)
+        except ReplayStoreDown:
+            return self._refused(decision, errors.ReplayStoreUnavailable())
+        return self._claimed(decision, fresh)
+
+    def _claimed(self, decision: Decision, fresh: bool) -> Decision:
+        if fresh:
+            return dataclasses.replace(decision, replay=None)
+        return self._refused(decision, errors.InvalidDpopProof("DPoP proof replayed"))
+
+    def _refused(self, decision: Decision, exc: errors.Denied) -> Decision:
+        return self.policy.challenged(
+            refuse(exc, rule=decision.rule, provider=decision.provider, kid=decision.kid,
+                   iss=decision.iss, sub=decision.sub, dpop=True)
+        )  # fmt: skip
 
     def record(
         self,
@@ -109,6 +158,8 @@ class Authorizer:
             decision.rule,
             front_door,
         ).inc()
+        if decision.dpop:
+            metrics.DPOP.labels(decision.provider, decision.reason).inc()
         if not decision.allowed or logs.debug_enabled():
             # Denials at info, allows at debug; bounded fields only (never a token).
             log = _log.debug if decision.allowed else _log.info
@@ -129,15 +180,15 @@ class Authorizer:
         source = self.sources[need.provider]
         waiter = source.refetch_for_unknown_kid(need.kid)
         if waiter is None:  # rate-limited: the kid stays unknown until the next window
-            return unknown_key(need)
+            return self.policy.challenged(unknown_key(need))
         try:
             await asyncio.wait_for(waiter, budget)
         except TimeoutError:
-            return unknown_key(need)
+            return self.policy.challenged(unknown_key(need))
         result = self.policy.decide(req, self._keys, self._clock())
         if isinstance(result, NeedKeys):
             source.mark_absent(result.kid)
-            return unknown_key(result)
+            return self.policy.challenged(unknown_key(result))
         return result
 
 

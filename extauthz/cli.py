@@ -1,6 +1,6 @@
 """extauthz: an Envoy ext_authz (v3, gRPC) server that verifies JWTs against a rotating JWKS.
 
-Commands: serve, check-config, demo, issuer, token.
+Commands: serve, check-config, demo, issuer, token, dpop-proof.
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, config, logs
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .dev.client import ClientKey
 
 EXIT_CONFIG = 2
 ALGORITHMS = ["EdDSA", "RS256", "ES256"]
@@ -227,6 +230,51 @@ def _http_error(exc: urllib.error.HTTPError) -> str:
     return f"HTTP {exc.code} {exc.reason}{detail}"
 
 
+def _client_key(option: str, path: str, *, create: bool) -> ClientKey | None:
+    from .dev import client
+
+    try:
+        return client.load_key(path, create=create)
+    except (ValueError, OSError) as exc:
+        hint = " (create one with 'extauthz token --dpop FILE')" if not create else ""
+        print(f"error: {option} {exc}{hint}", file=sys.stderr)
+        return None
+
+
+def _confirmation(args: argparse.Namespace) -> dict[str, str] | None:
+    """The token's ``cnf``: {} unbound; None (after saying why) when a file is unusable."""
+    from .dev import client
+
+    cnf: dict[str, str] = {}
+    if args.dpop:
+        key = _client_key("--dpop", args.dpop, create=True)
+        if key is None:
+            return None
+        cnf["jkt"] = client.thumbprint(key)
+    if args.cnf_cert:
+        try:
+            with open(args.cnf_cert, encoding="ascii") as f:
+                cnf["x5t#S256"] = client.certificate_thumbprint(f.read())
+        except (OSError, ValueError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not a PEM certificate"
+            print(f"error: --cnf-cert {args.cnf_cert}: {why}", file=sys.stderr)
+            return None
+    return cnf
+
+
+def cmd_dpop_proof(args: argparse.Namespace) -> int:
+    if not args.url.startswith(("http://", "https://")):
+        print(f"error: --url must be an http(s) URL, got {args.url!r}", file=sys.stderr)
+        return EXIT_CONFIG
+    from .dev import client
+
+    key = _client_key("--key", args.key, create=False)
+    if key is None:
+        return EXIT_CONFIG
+    print(client.make_proof(key, method=args.method, url=args.url, token=args.token))
+    return 0
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     if not args.issuer.startswith(("http://", "https://")):
         print(f"error: --issuer must be an http(s) URL, got {args.issuer!r}", file=sys.stderr)
@@ -246,6 +294,13 @@ def cmd_token(args: argparse.Namespace) -> int:
         body["scope"] = args.scope
     if args.ttl is not None:
         body["ttl"] = args.ttl
+    if args.typ:
+        body["typ"] = args.typ
+    cnf = _confirmation(args)
+    if cnf is None:
+        return EXIT_CONFIG
+    if cnf:
+        body["cnf"] = cnf
     issuer = args.issuer.rstrip("/")
     request = urllib.request.Request(  # noqa: S310 - scheme checked above
         issuer + "/token",
@@ -374,7 +429,29 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--claims", help='extra claims as a JSON object, e.g. \'{"role": "admin"}\' (default: none)'
     )
+    t.add_argument(
+        "--dpop",
+        metavar="KEYFILE",
+        help="bind the token to this DPoP key (RFC 9449; a new P-256 key is written there "
+        "if the file does not exist); send it with 'Authorization: DPoP' and a proof "
+        "from 'extauthz dpop-proof'",
+    )
+    t.add_argument(
+        "--cnf-cert",
+        metavar="FILE",
+        help="bind the token to this PEM client certificate (RFC 8705 x5t#S256)",
+    )
+    t.add_argument("--typ", choices=("JWT", "at+jwt"), help="the token's typ header (default: JWT)")
     t.set_defaults(func=cmd_token)
+
+    p_ = command("dpop-proof", "sign a DPoP proof for one request (RFC 9449)", log_env)
+    p_.add_argument(
+        "--key", required=True, metavar="KEYFILE", help="the key given to 'token --dpop'"
+    )
+    p_.add_argument("--url", required=True, help="the request's URL (htu; the query is left out)")
+    p_.add_argument("--method", default="GET", help="the request's method (htm)")
+    p_.add_argument("--token", help="the access token it goes with (ath)")
+    p_.set_defaults(func=cmd_dpop_proof)
     return p
 
 

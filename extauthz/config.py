@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import re2
 import yaml
@@ -160,6 +160,25 @@ class TokenSource(_Model):
 DEFAULT_TOKEN_SOURCES = (TokenSource(header="authorization", prefix="Bearer "),)
 
 
+DPOP_ALGORITHMS: tuple[Algorithm, ...] = ("ES256", "EdDSA", "RS256", "PS256")
+
+
+class DpopSettings(_Model):
+    """RFC 9449 proof-of-possession for this provider's DPoP-bound tokens."""
+
+    required: bool = False  # true: plain Bearer tokens are refused for this provider
+    algorithms: tuple[Algorithm, ...] = Field(default=DPOP_ALGORITHMS, min_length=1)
+    max_age: Duration = 60.0  # a proof's `iat` may be this old (plus clock_skew)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        symmetric = [a for a in value if a.startswith("HS")]
+        if symmetric:
+            raise ValueError(f"{', '.join(symmetric)}: a DPoP proof is signed with a public key")
+        return value
+
+
 class Provider(_Model):
     issuer: str = Field(min_length=1)
     # Required on purpose: `[]` disables the audience check, but only explicitly.
@@ -184,6 +203,11 @@ class Provider(_Model):
         default_factory=lambda: MappingProxyType({})
     )
     payload_header: HeaderName | None = None
+    # RFC 9449: DPoP-bound tokens (cnf.jkt) and their proofs; absent: such tokens are
+    # refused, as DPoP-scheme requests are.
+    dpop: DpopSettings | None = None
+    # RFC 9068 / RFC 8725 §3.11: the token's `typ` header must be this (e.g. "at+jwt").
+    require_typ: str | None = Field(default=None, min_length=1)
     # RFC 9728: the URL of this resource's protected-resource metadata, named in every
     # 401 and 403 challenge for this provider (MCP clients discover the issuer from it).
     resource_metadata: AbsoluteUrl | None = None
@@ -283,6 +307,11 @@ class TLS(_Model):
     client_ca_file: Path | None = None
 
 
+_REDIS_OPTIONS = frozenset(
+    {"ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname"}
+)
+
+
 class ServerSettings(_Model):
     """The ``server:`` section: listeners, processes, caches, TLS, shutdown."""
 
@@ -295,6 +324,34 @@ class ServerSettings(_Model):
     # On SIGTERM: NOT_SERVING at once, keep answering this long, then drain and exit.
     shutdown_delay: Duration = 0.0
     http: HttpSettings | None = None
+    # Where DPoP proof `jti`s are remembered: "memory" (this process) or a Redis URL
+    # shared by every replica ("redis://HOST:PORT/DB", "rediss://…" for TLS).
+    # Not in repr: a Redis URL may carry a password.
+    replay_store: str = Field(default="memory", repr=False)
+
+    @field_validator("replay_store")
+    @classmethod
+    def _replay_store(cls, value: str) -> str:
+        if value == "memory":
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError("expected memory, redis://HOST:PORT/DB or rediss://HOST:PORT/DB")
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port == 0 or parts.fragment:
+            raise ValueError("expected redis://HOST:PORT/DB with a port from 1 to 65535")
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise ValueError("the Redis database is a number: redis://HOST:PORT/0")
+        # The TLS options are how rediss:// trusts a private CA; any other option would
+        # reach the Redis client unchecked and fail every DPoP request at run time.
+        unknown = sorted(set(parse_qs(parts.query, keep_blank_values=True)) - _REDIS_OPTIONS)
+        if unknown:
+            raise ValueError(f"unsupported option(s) in the URL: {', '.join(unknown)}")
+        return value
 
     @field_validator("listen", "admin_listen")
     @classmethod
@@ -533,7 +590,7 @@ def config_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 #: ``server.*`` keys that only a restart changes (listeners, processes, TLS). Adding or
 #: removing ``server.http`` counts as a change of ``http.listen``.
-RESTART_ONLY = ("listen", "admin_listen", "workers", "tls", "http.listen")
+RESTART_ONLY = ("listen", "admin_listen", "workers", "tls", "http.listen", "replay_store")
 
 
 def with_server(config: Config, changes: Mapping[str, Any] | None = None, /, **more: Any) -> Config:
@@ -672,6 +729,36 @@ def _yaml_problem(exc: yaml.YAMLError, path: str | os.PathLike[str]) -> str:
     return f"{path}, " + "; ".join(parts) if parts else f"{path}: {str(exc).splitlines()[0]}"
 
 
+def _describe_replay_store(value: str) -> str:
+    """``server.replay_store`` for people: where, never a password or user name (nor the
+    URL's query, which may carry either)."""
+    if value == "memory":
+        from .replay import MEMORY_ENTRIES
+
+        return f"memory (this process only; at most {MEMORY_ENTRIES:,} proofs)"
+    parts = urlsplit(value)
+    host = parts.hostname or "?"
+    try:
+        port: int | str = parts.port or 6379
+    except ValueError:
+        port = "?"
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    out = f"redis at {where}, database {parts.path.strip('/') or 0}"
+    if parts.scheme == "rediss":
+        out += ", TLS"
+    if parts.username or parts.password:
+        out += ", credentials set (not shown)"
+    return out
+
+
+def per_process_replay(config: Config) -> bool:
+    """DPoP is on, but its replay store is per process: each worker (and each replica)
+    accepts a given proof once, so a captured proof can be replayed to another one."""
+    return config.server.replay_store == "memory" and any(
+        p.dpop is not None for p in config.providers.values()
+    )
+
+
 def summary(config: Config) -> str:
     """A human summary for ``check-config`` (never prints key material)."""
     s = config.server
@@ -689,6 +776,12 @@ def summary(config: Config) -> str:
         )
         if h.protected_resource is not None:
             lines.append(f"  serves RFC 9728 metadata for {h.protected_resource.resource}")
+    lines.append(f"replay store: {_describe_replay_store(s.replay_store)}")
+    if s.workers != 1 and per_process_replay(config):
+        lines.append(
+            "  warning: each worker remembers its own DPoP proofs, so a proof can be "
+            "replayed to another worker; share them with replay_store: redis://…"
+        )
     for name, p in config.providers.items():
         aud = ", ".join(p.audiences) if p.audiences else "(audience check disabled)"
         lines.append(f"provider {name}: issuer {p.issuer}")
@@ -698,6 +791,14 @@ def summary(config: Config) -> str:
         lines.append(f"  tokens from: {'; '.join(t.describe() for t in p.token_sources)}")
         if p.resource_metadata:
             lines.append(f"  resource_metadata: {p.resource_metadata}")
+        if p.dpop is not None:
+            mode = "required (Bearer refused)" if p.dpop.required else "accepted beside Bearer"
+            lines.append(
+                f"  dpop: {mode}; proof algorithms {', '.join(p.dpop.algorithms)}; "
+                f"proof max_age {p.dpop.max_age:g}s"
+            )
+        if p.require_typ:
+            lines.append(f"  require_typ: {p.require_typ}")
     if config.rules is None:
         lines.append("rules: none (every request needs a valid token from any provider)")
     else:

@@ -15,12 +15,15 @@
         ├── InvalidToken            the token is not acceptable (each subclass one reason)
         │   ├── MalformedToken, TokenTooLarge, AlgorithmNotAllowed, UnsupportedHeader,
         │   │   UnknownIssuer, UnknownKey, BadSignature, Expired, NotYetValid,
-        │   │   WrongAudience, InvalidClaims, UnforwardableClaim
+        │   │   WrongAudience, InvalidClaims, UnforwardableClaim, WrongTokenType
+        │   └── BindingMismatch         a sender-constrained token without its key or cert
+        ├── InvalidDpopProof        a DPoP proof is missing, malformed, stale or replayed
         ├── InvalidRequest          the request is ambiguous (two tokens)
         │   └── BadPath               a path upstreams would read differently
         ├── InsufficientScope       a valid token without the rule's scopes or claims
         └── Unavailable             no answer can be given now (503)
             ├── KeysUnavailable       the provider has no usable keys
+            ├── ReplayStoreUnavailable  the shared DPoP replay store cannot be reached
             └── InternalError         a bug or an unforeseen input: fail closed
 
 A ``Denied`` carries what was decided — its ``kind`` (a :class:`DenyKind`), a bounded
@@ -75,6 +78,7 @@ class DenyKind(enum.Enum):
     MISSING_TOKEN = "missing_token"  # no credentials: a challenge without an error
     NO_RULE = "no_rule"  # nothing allows the request: also no error attribute
     INVALID_TOKEN = "invalid_token"
+    INVALID_DPOP_PROOF = "invalid_dpop_proof"  # RFC 9449 §7.1
     INVALID_REQUEST = "invalid_request"
     INSUFFICIENT_SCOPE = "insufficient_scope"
     UNAVAILABLE = "unavailable"  # no answer can be given now; retry
@@ -199,6 +203,29 @@ class UnforwardableClaim(InvalidToken):
     description = "a claim cannot be sent as a header"
 
 
+class WrongTokenType(InvalidToken):
+    """``require_typ`` (RFC 9068 ``at+jwt``): an ID token or another JWT is not an
+    access token."""
+
+    reason = "wrong_token_type"
+    description = "token type not accepted"
+
+
+class BindingMismatch(InvalidToken):
+    """A sender-constrained token presented without its key or certificate (RFC 9449
+    §7.1, RFC 8705 §3): a DPoP-bound token sent as Bearer, an unbound token sent as
+    DPoP, a proof by another key, a missing or different client certificate."""
+
+    reason = "binding_mismatch"
+    description = "token binding not satisfied"
+
+
+class InvalidDpopProof(Denied):
+    kind = DenyKind.INVALID_DPOP_PROOF
+    reason = "invalid_dpop_proof"
+    description = "DPoP proof invalid"
+
+
 class InvalidRequest(Denied):
     kind = DenyKind.INVALID_REQUEST
     reason = "multiple_tokens"
@@ -233,6 +260,14 @@ class Unavailable(Denied):
 class KeysUnavailable(Unavailable):
     reason = "keys_unavailable"
     description = "signing keys unavailable"
+
+
+class ReplayStoreUnavailable(Unavailable):
+    """DPoP replay protection cannot be checked (Redis unreachable): a replay is never
+    accepted, so DPoP requests wait for the store to come back."""
+
+    reason = "replay_store_unavailable"
+    description = "replay protection temporarily unavailable"
 
 
 class InternalError(Unavailable):

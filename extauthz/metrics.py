@@ -62,6 +62,17 @@ TOKEN_CACHE = Counter(
 )
 
 
+DPOP = Counter(
+    "extauthz_dpop",
+    "DPoP-scheme requests and DPoP-bound tokens, by outcome.",
+    ["provider", "result"],
+    registry=REGISTRY,
+)
+REPLAY_STORE_ERRORS = Counter(
+    "extauthz_replay_store_errors",
+    "Times the DPoP replay store could not be asked (the request got a 503).",
+    registry=REGISTRY,
+)
 EVENT_LOOP_STALLS = Counter(
     "extauthz_event_loop_stalls",
     "Times the event loop was blocked for more than 250 ms (every request waited too).",

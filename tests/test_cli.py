@@ -379,6 +379,87 @@ def test_token_main_in_process(
     assert claims_of(captured.out.strip())["iss"] == dev_issuer.url
 
 
+# --- sender-constrained tokens: token --dpop / --cnf-cert / --typ, dpop-proof --------
+
+
+def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = cli.main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_a_dpop_bound_token_and_its_proof_verify_together(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], dev_issuer: IssuerThread
+) -> None:
+    from extauthz.config import DpopSettings
+    from extauthz.core.dpop import verify_proof
+
+    key = tmp_path / "client.jwk"
+    code, out, err = _main(
+        capsys, "token", "--issuer", dev_issuer.url, "--aud", "api", "--dpop", str(key)
+    )
+    assert code == 0, err
+    assert key.stat().st_mode & 0o777 == 0o600  # a private key, written for its owner only
+    token = out.strip()
+    code, out, err = _main(
+        capsys, "dpop-proof", "--key", str(key), "--method", "POST",
+        "--url", "https://api.example/orders?page=2", "--token", token,
+    )  # fmt: skip
+    assert code == 0, err
+    proof = verify_proof(out.strip(), token, method="POST", uri="https://api.example/orders",
+                         settings=DpopSettings(), clock_skew=5, now=time.time())  # fmt: skip
+    assert claims_of(token)["cnf"] == {"jkt": proof.jkt}
+    assert claims_of(out.strip())["htu"] == "https://api.example/orders"  # no query
+    # The same key file again: the same binding, not a new key.
+    code, out, _ = _main(
+        capsys, "token", "--issuer", dev_issuer.url, "--aud", "a", "--dpop", str(key)
+    )
+    assert code == 0 and claims_of(out.strip())["cnf"] == {"jkt": proof.jkt}
+
+
+def test_token_cnf_cert_binds_the_certificate_and_typ_sets_the_header(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], dev_issuer: IssuerThread
+) -> None:
+    from extauthz.core.request import ClientCert
+    from tests.support.certs import CA
+
+    pair = CA(tmp_path).issue("client", server=False)
+    code, out, err = _main(
+        capsys, "token", "--issuer", dev_issuer.url, "--aud", "api",
+        "--cnf-cert", str(pair.cert), "--typ", "at+jwt",
+    )  # fmt: skip
+    assert code == 0, err
+    token = out.strip()
+    want = ClientCert(pem=pair.cert.read_text()).thumbprint()
+    assert claims_of(token)["cnf"] == {"x5t#S256": want}
+    assert claims_of(token, 0)["typ"] == "at+jwt"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["token", "--dpop", "{dir}/bad.jwk"], "error: --dpop {dir}/bad.jwk: not a private EC"),
+        (["token", "--cnf-cert", "{dir}/bad.jwk"], "error: --cnf-cert {dir}/bad.jwk: not a PEM"),
+        (["token", "--cnf-cert", "{dir}/absent.pem"], "No such file or directory"),
+        (["dpop-proof", "--key", "{dir}/absent.jwk", "--url", "http://x/"],
+         "no such key file (create one with 'extauthz token --dpop FILE')"),
+        (["dpop-proof", "--key", "{dir}/bad.jwk", "--url", "http://x/"], "not a private EC"),
+        (["dpop-proof", "--key", "{dir}/bad.jwk", "--url", "x/y"], "--url must be an http(s) URL"),
+    ],
+)  # fmt: skip
+def test_unusable_key_and_certificate_files_are_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    (tmp_path / "bad.jwk").write_text('{"kty": "EC", "crv": "P-256"}')  # public at most
+    full = [a.format(dir=tmp_path) for a in args]
+    if full[0] == "token":
+        full += ["--issuer", "http://127.0.0.1:9", "--aud", "a"]  # never reached
+    code, out, err = _main(capsys, *full)
+    assert (code, out) == (2, "")
+    assert message.format(dir=tmp_path) in one_line(err), err
+    assert not (tmp_path / "absent.jwk").exists()  # dpop-proof never invents a key
+
+
 # --- issuer --listen HOST:0 --------------------------------------------------------
 
 
@@ -511,3 +592,29 @@ def test_demo_token_lifetime_keeps_rotation_working_and_the_jwks_small() -> None
     assert claims_of(dev.mint())["exp"] - now[0] == demo.TOKEN_TTL
     assert most_keys <= 63
     assert biggest < 10_000
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"cnf": {"jwk": {}}}, "cnf must be"),
+        ({"cnf": {"jkt": 1}}, "cnf must be"),
+        ({"cnf": "jkt"}, "cnf must be"),
+        ({"typ": "JOSE"}, "typ must be JWT or at+jwt"),
+    ],
+    ids=["unknown-member", "not-a-string", "not-an-object", "typ"],
+)
+def test_the_dev_issuer_refuses_a_confirmation_it_cannot_mint(
+    dev_issuer: IssuerThread, body: dict[str, Any], message: str
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        dev_issuer.url + "/token", data=json.dumps(body).encode(), method="POST",
+        headers={"content-type": "application/json"},
+    )  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=10)
+    assert info.value.code == 400
+    assert message in json.load(info.value)["error"]

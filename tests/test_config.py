@@ -573,3 +573,146 @@ def test_yaml_error_names_the_file_line_and_column(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert f"{f}, line 2, column 11: while scanning a quoted scalar" in r.stderr
     assert "unicode string" not in r.stderr and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------- server.replay_store
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "memory",
+        "redis://127.0.0.1:6379/0",
+        "redis://cache.example",  # port 6379, database 0
+        "redis://cache.example:6380/15",
+        "rediss://cache.example:6380/0",  # TLS
+        "redis://:s3cret@cache.example:6379/0",
+        "redis://user:s3cret@[::1]:6379/1",
+    ],
+)
+def test_replay_store_accepts_memory_and_redis_urls(value: str) -> None:
+    cfg = config.from_mapping({"server": {"replay_store": value}, "providers": {"p": provider()}})
+    assert cfg.server.replay_store == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "Memory",
+        "redis",
+        "redis:/x",
+        "redis:cache.example",
+        "mongodb://cache.example:27017/0",
+        "http://cache.example:6379/0",
+        "unix:///run/redis.sock",
+        "redis:///0",  # no host
+        "redis://:s3cret@/0",
+        "redis://cache.example/abc",  # the database is a number
+        "redis://cache.example/-1",
+        "redis://cache.example/0/1",
+        42,
+    ],
+)
+def test_replay_store_anything_else_is_an_error_naming_the_key(value: object) -> None:
+    found = problems({"server": {"replay_store": value}, "providers": {"p": provider()}})
+    assert [p for p, _ in found] == ["server.replay_store"], found
+    assert not any(w in m for _, m in found for w in PYDANTIC_WORDS), found
+
+
+@pytest.mark.parametrize(
+    "value", ["redis://cache.example:port/0", "redis://cache.example:99999/0", "redis://h/0?x=1"]
+)
+def test_replay_store_with_a_bad_port_or_unknown_option_is_an_error(value: str) -> None:
+    found = problems({"server": {"replay_store": value}, "providers": {"p": provider()}})
+    assert [p for p, _ in found] == ["server.replay_store"], found
+
+
+@pytest.mark.parametrize("value", ["redis:/x", "mongodb://db.example/0", "redis://h/abc"])
+def test_check_config_rejects_a_malformed_replay_store(tmp_path: Path, value: str) -> None:
+    f = tmp_path / "store.yaml"
+    f.write_text(f'server:\n  replay_store: "{value}"\n' + MINIMAL_YAML)
+    r = run_cli("check-config", "--config", str(f))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stdout == ""
+    assert "server.replay_store" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("memory", "replay store: memory (this process only; at most 100,000 proofs)"),
+        (
+            "rediss://cache.example:6380/2",
+            "replay store: redis at cache.example:6380, database 2, TLS",
+        ),
+        ("redis://10.0.0.7", "replay store: redis at 10.0.0.7:6379, database 0"),
+    ],
+)
+def test_check_config_summary_names_the_replay_store(
+    tmp_path: Path, value: str, shown: str
+) -> None:
+    f = tmp_path / "store.yaml"
+    f.write_text(f'server:\n  replay_store: "{value}"\n' + MINIMAL_YAML)
+    r = run_cli("check-config", "--config", str(f))
+    assert r.returncode == 0, r.stderr
+    assert shown in r.stdout.splitlines()
+
+
+def test_a_redis_password_never_appears_in_check_config_output(tmp_path: Path) -> None:
+    password = "pw-9f3b71c2"
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        f'server:\n  replay_store: "rediss://replay-user-x1:{password}@cache.example:6380/0"\n'
+        + MINIMAL_YAML
+    )
+    r = run_cli("check-config", "--config", str(good))
+    assert r.returncode == 0, r.stderr
+    assert (
+        "replay store: redis at cache.example:6380, database 0, TLS, credentials set (not shown)"
+        in r.stdout
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        f'server:\n  replay_store: "redis://:{password}@cache.example/x"\n' + MINIMAL_YAML
+    )
+    r2 = run_cli("check-config", "--config", str(bad))
+    assert r2.returncode == 2 and "server.replay_store" in r2.stderr
+    for text in (r.stdout, r.stderr, r2.stdout, r2.stderr):
+        assert password not in text
+        assert "replay-user-x1" not in text  # nor the user name
+
+
+def test_summary_shows_dpop_and_require_typ() -> None:
+    cfg = config.from_mapping(
+        {"providers": {"p": provider(dpop={"required": True, "algorithms": ["ES256"]},
+                                     require_typ="at+jwt")}}
+    )  # fmt: skip
+    text = config.summary(cfg)
+    assert "  dpop: required (Bearer refused); proof algorithms ES256; proof max_age 60s" in text
+    assert "  require_typ: at+jwt" in text
+    assert "dpop" not in config.summary(config.from_mapping({"providers": {"p": provider()}}))
+
+
+@pytest.mark.parametrize(
+    ("workers", "store", "dpop", "warned"),
+    [
+        (4, "memory", True, True),
+        ("auto", "memory", True, True),
+        (1, "memory", True, False),  # one process: its store sees every proof
+        (4, "redis://cache.example:6379/0", True, False),
+        (4, "memory", False, False),  # no DPoP, nothing to replay
+    ],
+)
+def test_summary_warns_when_workers_do_not_share_dpop_replays(
+    workers: object, store: str, dpop: bool, warned: bool
+) -> None:
+    p = provider()
+    if dpop:
+        p["dpop"] = {}
+    cfg = config.from_mapping(
+        {"server": {"workers": workers, "replay_store": store}, "providers": {"p": p}}
+    )
+    text = config.summary(cfg)
+    assert ("a proof can be replayed to another worker" in text) is warned, text

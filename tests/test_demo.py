@@ -74,29 +74,32 @@ def _bearer(cmd: str) -> str:
     return m.group(1)
 
 
-def _run_as_printed(cmd: str, cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+def _run_as_printed(cmd: str, cwd: Path, env: dict[str, str]) -> tuple[list[int], str]:
     """The command, verbatim, in a new bash; returns (HTTP status, curl -i output)."""
     out = subprocess.run(
         ["bash", "-c", cmd], capture_output=True, text=True, cwd=cwd, env=env, timeout=30
     )
     assert out.returncode == 0, f"{cmd[:160]}... exited {out.returncode}: {out.stderr[-500:]}"
     assert "Traceback" not in out.stderr, out.stderr
-    status = re.match(r"HTTP/[\d.]+ (\d{3})", out.stdout)
-    assert status, f"{cmd[:160]}... printed no HTTP status: {out.stdout[:300]} {out.stderr}"
-    return int(status.group(1)), out.stdout
+    # `curl -i` status lines, and bare codes from `curl -w '%{http_code}\\n'`, in order.
+    statuses = [int(code) for code in re.findall(r"^(?:HTTP/[\d.]+ )?(\d{3})\b", out.stdout, re.M)]
+    assert statuses, f"{cmd[:160]}... printed no HTTP status: {out.stdout[:300]} {out.stderr}"
+    return statuses, out.stdout
 
 
-def _check_expectation(comment: str, status: int, output: str, cmd: str) -> None:
-    """`# what -> NNN more...`: the status, and each quoted fragment, as printed."""
-    m = re.search(r"-> (\d{3})(.*)", comment)
+def _check_expectation(comment: str, statuses: list[int], output: str, cmd: str) -> None:
+    """`# what -> NNN[, then NNN] more...`: the statuses, and each quoted fragment."""
+    m = re.search(r"-> (\d{3})(?:, then (\d{3}))?(.*)", comment)
     assert m, comment
-    assert status == int(m.group(1)), f"{comment}\n{cmd[:160]}...\ngave {status}:\n{output}"
-    rest = m.group(2)
+    want = [int(code) for code in m.groups()[:2] if code]
+    assert statuses == want, f"{comment}\n{cmd[:160]}...\ngave {statuses}:\n{output}"
+    rest = m.group(3)
     for fragment in re.findall(r'[\w-]+="[^"]*"|"[^"]+"', rest):
         text = fragment.strip('"') if fragment.startswith('"') else fragment
         assert text in output, f"{comment}: {text!r} not in\n{output}"
-    if "x-user-id: alice" in rest:
-        assert '"x-user-id": "alice"' in output, output
+    user = re.search(r"x-user-id: (\w+)", rest)
+    if user:
+        assert f'"x-user-id": "{user.group(1)}"' in output, output
 
 
 def _kids(jwks_url: str) -> set[str]:
@@ -122,7 +125,9 @@ def test_demo_commands_work_as_printed_in_a_fresh_shell(tmp_path: Path) -> None:
             start_new_session=True,
         )
     try:
-        lines = Lines(proc).until(lambda line: " token --issuer " in line, 60)
+        reader = Lines(proc)
+        reader.until(lambda line: "sent as a plain Bearer token" in line, 60)
+        lines = reader.until(lambda line: line.startswith("curl "), 10)
         started = time.time()
         text = "\n".join(lines)
         port = int(re.search(r"envoy\s+http://127\.0\.0\.1:(\d+)", text).group(1))  # type: ignore[union-attr]
@@ -135,7 +140,7 @@ def test_demo_commands_work_as_printed_in_a_fresh_shell(tmp_path: Path) -> None:
         pairs = [
             (comment, cmd)
             for comment, cmd in itertools.pairwise(lines)
-            if comment.startswith("#") and "->" in comment and cmd.startswith("curl ")
+            if comment.startswith("#") and "->" in comment and cmd.startswith(("curl ", "T="))
         ]
         by_comment = {comment: cmd for comment, cmd in pairs}
         valid = _claims(_bearer(next(c for k, c in pairs if k.startswith("# valid token"))))
@@ -144,13 +149,16 @@ def test_demo_commands_work_as_printed_in_a_fresh_shell(tmp_path: Path) -> None:
         expired = _claims(_bearer(next(c for k, c in pairs if k.startswith("# expired token"))))
         assert expired["exp"] < started - 60  # beyond the 60 s clock skew
 
-        # Every command, exactly as printed: the `$(... token ...)` one included.
-        assert len(pairs) >= 8, text
-        fresh = [cmd for _, cmd in pairs if "$(" in cmd]
-        assert len(fresh) == 1 and " token --issuer " in fresh[0], text
+        # Every command, exactly as printed: the `$(... token ...)` one included, and the
+        # DPoP ones, which sign their proof when run.
+        assert len(pairs) >= 11, text
+        fresh = [cmd for _, cmd in pairs if " token --issuer " in cmd]
+        assert len(fresh) == 1 and "$(" in fresh[0], text
+        dpop = [cmd for _, cmd in pairs if " dpop-proof " in cmd]
+        assert len(dpop) == 2 and all('-H "Authorization: DPoP $T"' in c for c in dpop), text
         for comment, cmd in pairs:
-            status, output = _run_as_printed(cmd, tmp_path, shell_env)
-            _check_expectation(comment, status, output, cmd)
+            statuses, output = _run_as_printed(cmd, tmp_path, shell_env)
+            _check_expectation(comment, statuses, output, cmd)
 
         # After the signing key has rotated away, the printed tokens still work.
         first = _kids(f"{issuer}/.well-known/jwks.json")
@@ -159,9 +167,9 @@ def test_demo_commands_work_as_printed_in_a_fresh_shell(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the dev issuer did not rotate"
             time.sleep(0.2)
         for comment, cmd in by_comment.items():
-            if comment.startswith(("# valid token", "# a fresh token")):
-                status, output = _run_as_printed(cmd, tmp_path, shell_env)
-                _check_expectation(comment, status, output, cmd)
+            if comment.startswith(("# valid token", "# a fresh token", "# sent with a proof")):
+                statuses, output = _run_as_printed(cmd, tmp_path, shell_env)
+                _check_expectation(comment, statuses, output, cmd)
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0

@@ -2,7 +2,8 @@
 the Kubernetes API schema, the Deployment runs what the CLI accepts with the config the
 ConfigMap ships, probes/ports/Service/Istio agree with that config, the pod can run
 under a read-only root filesystem as the image's non-root user, and the Dockerfile
-passes hadolint. Nothing here needs a cluster or a Docker daemon."""
+passes hadolint. Nothing here needs a cluster or a Docker daemon (the optional Redis's
+arguments are tried on the installed redis-server)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -401,3 +403,167 @@ def test_dockerfile_copies_only_what_the_build_needs() -> None:
     assert not re.search(r"^HEALTHCHECK\s", DOCKERFILE.read_text(), flags=re.MULTILINE)
     ignore = (REPO / ".dockerignore").read_text().split()
     assert "*" in ignore and "!extauthz/" in ignore
+
+
+# -- the optional Redis: the DPoP replay store shared by replicas ----------------------
+
+REDIS_URL = re.compile(r'^\s*#\s*replay_store:\s*"(redis://[^"]+)"', flags=re.MULTILINE)
+
+
+def _redis_pod() -> dict[str, Any]:
+    pod: dict[str, Any] = _one("Deployment", "extauthz-redis")["spec"]["template"]["spec"]
+    return pod
+
+
+def _redis_container() -> dict[str, Any]:
+    (container,) = _redis_pod()["containers"]
+    result: dict[str, Any] = container
+    return result
+
+
+def _redis_args() -> dict[str, str]:
+    """``redis-server --name value ...`` as a mapping (every argument here is a pair)."""
+    container = _redis_container()
+    assert container["command"] == ["redis-server"]
+    args = container["args"]
+    assert len(args) % 2 == 0 and all(a.startswith("--") for a in args[::2]), args
+    return {name[2:]: value for name, value in zip(args[::2], args[1::2], strict=True)}
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes ``Mi``/``Gi`` quantity or a Redis ``mb``/``gb`` size, in bytes."""
+    units = {"Mi": 2**20, "Gi": 2**30, "mb": 2**20, "gb": 2**30}
+    match = re.fullmatch(r"(\d+)(Mi|Gi|mb|gb)", quantity)
+    assert match, quantity
+    return int(match.group(1)) * units[match.group(2)]
+
+
+def test_redis_is_optional_and_the_configmap_says_how_to_use_it() -> None:
+    assert _config().server.replay_store == "memory"  # the default stays per process
+    text = _config_text()
+    (url,) = REDIS_URL.findall(text)
+    data = yaml.safe_load(text)
+    data["server"]["replay_store"] = url
+    cfg = config.from_mapping(data)  # uncommented, the line is a valid config
+    parts = urlsplit(cfg.server.replay_store)
+    service = _one("Service", "extauthz-redis")
+    # The short name resolves because both live in one namespace.
+    assert parts.hostname == service["metadata"]["name"]
+    assert service["metadata"]["namespace"] == _deployment()["metadata"]["namespace"]
+    (port,) = service["spec"]["ports"]
+    assert parts.port == port["port"]
+    assert service["spec"]["selector"].items() <= _redis_labels().items()
+    (container_port,) = _redis_container()["ports"]
+    assert port["targetPort"] in (container_port["name"], container_port["containerPort"])
+    assert container_port["containerPort"] == int(_redis_args().get("port", "6379"))
+    # The docs that send readers here name the same URL.
+    assert url in (REPO / "deploy" / "README.md").read_text()
+
+
+def _redis_labels() -> dict[str, str]:
+    labels: dict[str, str] = _one("Deployment", "extauthz-redis")["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    return labels
+
+
+def test_redis_pods_are_not_taken_for_extauthz_pods() -> None:
+    # Else the extauthz Services would send Check calls to Redis and the PDB would count it.
+    labels = _redis_labels()
+    selectors = [
+        _one("Service", "extauthz")["spec"]["selector"],
+        _one("Service", "extauthz-headless")["spec"]["selector"],
+        _one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        _deployment()["spec"]["selector"]["matchLabels"],
+    ]
+    for selector in selectors:
+        assert not selector.items() <= labels.items(), selector
+    redis_deployment = _one("Deployment", "extauthz-redis")
+    own = redis_deployment["spec"]["selector"]["matchLabels"]
+    assert own.items() <= labels.items()
+    extauthz_labels = _deployment()["spec"]["template"]["metadata"]["labels"]
+    assert not own.items() <= extauthz_labels.items()
+
+
+def test_redis_keeps_no_state_on_disk_and_never_evicts_a_proof() -> None:
+    args = _redis_args()
+    assert args["save"] == ""  # no RDB snapshots
+    assert args["appendonly"] == "no"  # no AOF
+    # Full: writes fail (DPoP requests get 503) rather than remembered proofs going.
+    assert args["maxmemory-policy"] == "noeviction"
+    limit = _bytes(_redis_container()["resources"]["limits"]["memory"])
+    assert _bytes(args["maxmemory"]) <= 0.75 * limit, "room for Redis's own overhead"
+    deployment = _one("Deployment", "extauthz-redis")
+    assert deployment["spec"]["replicas"] == 1  # one keyspace
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_redis_pod_is_locked_down() -> None:
+    pod, c = _redis_pod(), _redis_container()
+    sc = c["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0 and sc["runAsUser"] != 0
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"] and "add" not in sc["capabilities"]
+    assert sc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["automountServiceAccountToken"] is False
+    resources = c["resources"]
+    assert resources["requests"]["cpu"] and resources["requests"]["memory"]
+    assert resources["limits"]["cpu"] and resources["limits"]["memory"]
+    # Redis's working directory is the only writable path.
+    (mount,) = c["volumeMounts"]
+    assert mount["mountPath"] == "/data" and not mount.get("readOnly", False)
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert "emptyDir" in volume
+    assert {p["exec"]["command"][0] for p in (c["readinessProbe"], c["livenessProbe"])} == {
+        "redis-cli"
+    }
+    assert re.fullmatch(r"redis:\d+\.\d+\.\d+-alpine", c["image"]), "pinned by version"
+
+
+def test_only_extauthz_pods_may_reach_redis() -> None:
+    policy = _one("NetworkPolicy", "extauthz-redis")
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"].items() <= _redis_labels().items()
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    (peer,) = rule["from"]
+    extauthz_labels = _deployment()["spec"]["template"]["metadata"]["labels"]
+    assert peer["podSelector"]["matchLabels"].items() <= extauthz_labels.items()
+    assert set(peer) == {"podSelector"}  # this namespace only
+    (port,) = rule["ports"]
+    (container_port,) = _redis_container()["ports"]
+    assert port["port"] in (container_port["name"], container_port["containerPort"])
+
+
+def test_the_redis_arguments_run_a_real_redis_server(tmp_path: Path) -> None:
+    # The manifest's redis-server arguments, given to the installed redis-server (the
+    # tests' own port, bind address and directory first; the manifest's win).
+    from tests.support.redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis", extra=_redis_container()["args"])
+    server.start()
+    try:
+        client = server.client()
+        try:
+            got = {k: str(client.config_get(k)[k]) for k in _redis_args()}
+            assert got["save"] == "" and got["appendonly"] == "no"
+            assert got["maxmemory-policy"] == "noeviction"
+            assert int(got["maxmemory"]) == _bytes(_redis_args()["maxmemory"])
+            assert got["protected-mode"] == "no"
+            # What extauthz does with it: SET NX with an expiry.
+            assert client.set("extauthz:dpop:probe", b"1", nx=True, px=60_000)
+            assert not client.set("extauthz:dpop:probe", b"1", nx=True, px=60_000)
+            assert 0 < client.pttl("extauthz:dpop:probe") <= 60_000
+        finally:
+            client.close()
+    finally:
+        server.stop()
+
+
+def test_deploy_readme_covers_the_optional_redis() -> None:
+    text = (REPO / "deploy" / "README.md").read_text()
+    for needle in ("k8s/redis.yaml", "server.replay_store", "noeviction", "NetworkPolicy"):
+        assert needle in text, needle
+    assert "redis.yaml" in (K8S / "configmap.yaml").read_text()

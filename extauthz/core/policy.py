@@ -18,7 +18,7 @@ from typing import Any
 from .. import errors
 from ..config import Config, Provider, Rule, TokenSource, compile_regex
 from ..errors import DenyKind
-from . import paths, tokens
+from . import binding, paths, tokens
 from .decision import Decision, NeedKeys, refuse
 from .headers import header_value
 from .request import CONTEXT_RULE_KEY, AuthRequest
@@ -28,8 +28,14 @@ from .verify import Verified
 #: Allow decisions kept for the hottest tokens (FIFO).
 HOT_ANSWERS = 256
 
-_CHALLENGES_WITH_METADATA = frozenset(
-    {DenyKind.MISSING_TOKEN, DenyKind.NO_RULE, DenyKind.INVALID_TOKEN, DenyKind.INSUFFICIENT_SCOPE}
+_CHALLENGES_WITH_EXTRAS = frozenset(
+    {
+        DenyKind.MISSING_TOKEN,
+        DenyKind.NO_RULE,
+        DenyKind.INVALID_TOKEN,
+        DenyKind.INVALID_DPOP_PROOF,
+        DenyKind.INSUFFICIENT_SCOPE,
+    }
 )
 
 
@@ -62,6 +68,8 @@ class _CompiledRule:
     # Which providers accept a token from each source: the verifier picks by `iss`.
     accepted: Mapping[TokenSource, Mapping[str, Provider]]
     resource_metadata: str  # RFC 9728 URL for this rule's challenges, "" when none
+    dpop_algs: tuple[str, ...]  # DPoP challenge `algs` for this rule, () when no DPoP
+    bearer: bool  # some provider of the rule accepts plain Bearer tokens
 
 
 def _matcher(rule: Rule) -> Callable[[AuthRequest, str], bool]:
@@ -122,10 +130,14 @@ class Policy:
         # Finished allows of the hottest tokens, reached only after a verification
         # (or a cache hit) that passed for this request.
         self._allows: dict[tuple[bytes, str, TokenSource], Decision] = {}
-        # The configuration's first provider with RFC 9728 metadata ("": none at all).
+        # The configuration's first provider with RFC 9728 metadata ("": none at all),
+        # and DPoP: when neither exists, refusals need no challenge extras.
         self._metadata = next(
             (p.resource_metadata for p in config.providers.values() if p.resource_metadata), ""
         )
+        first_dpop = next((p.dpop for p in config.providers.values() if p.dpop), None)
+        self._dpop_algs = first_dpop.algorithms if first_dpop is not None else ()
+        self._challenge_extras = bool(self._metadata or self._dpop_algs)
 
     def _compile(self, rule: Rule) -> _CompiledRule:
         names = rule.providers if rule.providers is not None else tuple(self.providers)
@@ -140,7 +152,13 @@ class Policy:
         metadata = next(
             (p.config.resource_metadata for p in ordered if p.config.resource_metadata), None
         )
-        return _CompiledRule(rule, _matcher(rule), provs, sources, accepted, metadata or "")
+        # DPoP is offered only when one of the rule's own providers accepts it.
+        dpop = next((p.config.dpop for p in provs if p.config.dpop is not None), None)
+        bearer = any(p.config.dpop is None or not p.config.dpop.required for p in provs)
+        return _CompiledRule(
+            rule, _matcher(rule), provs, sources, accepted, metadata or "",
+            dpop.algorithms if dpop is not None else (), bearer,
+        )  # fmt: skip
 
     # -- decision ---------------------------------------------------------------------
     def select(self, req: AuthRequest) -> _CompiledRule | None:
@@ -159,21 +177,33 @@ class Policy:
     def decide(self, req: AuthRequest, keys: Keys, now: float) -> Decision | NeedKeys:
         """``keys(provider)`` returns its usable KeySet (None: no usable keys)."""
         result = self._decide(req, keys, now)
-        if self._metadata and isinstance(result, Decision) and not result.allowed:
-            return self._challenge_metadata(result)
+        if self._challenge_extras and isinstance(result, Decision) and not result.allowed:
+            return self.challenged(result)
         return result
 
-    def _challenge_metadata(self, decision: Decision) -> Decision:
-        """RFC 9728: 401 and 403 challenges name the protected-resource metadata of the
-        token's provider, else of the first provider of the rule that has some."""
-        if decision.deny not in _CHALLENGES_WITH_METADATA:
+    def challenged(self, decision: Decision) -> Decision:
+        """A refusal with what its 401 or 403 challenge names: RFC 9728 metadata, and the
+        RFC 9449 DPoP challenge — of the token's provider when known, else of the first
+        provider of the rule (rule order, then configuration order) that has them."""
+        if decision.deny not in _CHALLENGES_WITH_EXTRAS or not self._challenge_extras:
             return decision
         own = self.providers.get(decision.provider)
+        rule = self.by_name.get(decision.rule)
         url = own.config.resource_metadata if own is not None else None
         if not url:
-            rule = self.by_name.get(decision.rule)
             url = rule.resource_metadata if rule is not None else self._metadata
-        return dataclasses.replace(decision, resource_metadata=url or "")
+        algs: tuple[str, ...]
+        if own is not None:
+            dpop = own.config.dpop
+            algs = dpop.algorithms if dpop is not None else ()
+            bearer = dpop is None or not dpop.required
+        elif rule is not None:
+            algs, bearer = rule.dpop_algs, rule.bearer
+        else:
+            algs, bearer = self._dpop_algs, True
+        return dataclasses.replace(
+            decision, resource_metadata=url or "", dpop_algs=algs, bearer=bearer or not algs
+        )
 
     def _decide(self, req: AuthRequest, keys: Keys, now: float) -> Decision | NeedKeys:
         try:
@@ -190,21 +220,28 @@ class Policy:
         if rule.rule.allow_anonymous:
             return Decision(True, "anonymous", rule=name, remove_headers=self.injected)
         verified: Verified | None = None
+        dpop = False
         try:
             token = tokens.extract(req.headers, req.path, rule.sources)
             if token is None:
                 raise errors.MissingToken()
+            dpop = token.scheme == "dpop"
             result = self.verifier.verify(token.token, rule.accepted[token.source], keys, now)
             if isinstance(result, NeedKeys):
-                own = self.providers[result.provider].config.resource_metadata
-                metadata = own or rule.resource_metadata
-                return dataclasses.replace(result, rule=name, resource_metadata=metadata)
+                return dataclasses.replace(result, rule=name, dpop=dpop)
             verified = result
+            prov = self.providers[verified.provider]
+            proof = binding.check(req, token, prov.name, prov.config, verified.claims, now)
             self._check_rule(rule.rule, verified.claims)
-            return self._allow(req, rule.rule, self.providers[verified.provider], token, verified)
+            decision = self._allow(req, rule.rule, prov, token, verified, reuse=proof is None)
+            if proof is not None:
+                return dataclasses.replace(decision, dpop=True, replay=proof)
+            return decision
         except errors.Denied as exc:
+            dpop = dpop or isinstance(exc, errors.InvalidDpopProof)
             if verified is None:
-                return refuse(exc, rule=name, provider=exc.provider, kid=exc.kid, iss=exc.iss)
+                return refuse(exc, rule=name, provider=exc.provider, kid=exc.kid, iss=exc.iss,
+                              dpop=dpop)  # fmt: skip
             sub = verified.claims.get("sub")
             return refuse(
                 exc,
@@ -213,6 +250,7 @@ class Policy:
                 kid=verified.kid,
                 iss=self.providers[verified.provider].config.issuer,
                 sub=sub if isinstance(sub, str) else None,
+                dpop=dpop,
             )
 
     @staticmethod
@@ -236,12 +274,15 @@ class Policy:
         prov: _CompiledProvider,
         token: tokens.Found,
         verified: Verified,
+        *,
+        reuse: bool = True,
     ) -> Decision:
         cfg = prov.config
         # Same token, rule and source: the same answer (claims and config are immutable),
-        # unless the answer is cut from the request itself (a rewritten cookie header).
+        # unless the answer is cut from the request itself (a rewritten cookie header) or
+        # it waits on a proof's replay check.
         reuse_key: tuple[bytes, str, TokenSource] | None = None
-        if verified.digest and (cfg.forward_token or token.source.cookie is None):
+        if reuse and verified.digest and (cfg.forward_token or token.source.cookie is None):
             reuse_key = (verified.digest, rule.name, token.source)
             known = self._allows.get(reuse_key)
             if known is not None:

@@ -9,37 +9,47 @@ from urllib.parse import parse_qsl
 from ..config import TokenSource
 from ..errors import InvalidRequest, MalformedToken
 
+#: RFC 9449: the default Authorization source reads DPoP-bound tokens too.
+DPOP_PREFIX = "DPoP "
+
 
 @dataclass(frozen=True, slots=True)
 class Found:
     token: str
     source: TokenSource
+    scheme: str = "bearer"  # "dpop" when sent as `Authorization: DPoP <token>`
 
 
-def _from_header(value: str, source: TokenSource) -> list[str]:
-    """The tokens in one header's value.
+def _from_header(value: str, source: TokenSource) -> list[tuple[str, str]]:
+    """The (token, scheme) pairs in one header's value.
 
     A repeated header reaches us joined by commas (Envoy joins ``Authorization: Bearer a``
     and ``Authorization: Bearer b`` into ``Bearer a,Bearer b``); no token contains a
     comma, so each part is read on its own and the caller sees every token. A part with
-    another scheme beside one of ours is a second credential too.
+    another scheme beside one of ours is a second credential too. A source whose prefix
+    is ``Bearer`` also reads ``DPoP`` (RFC 9449 §7.1).
     """
-    prefix = source.prefix
-    parts = value.split(",")
-    found: list[str] = []
+    prefixes: list[tuple[str, str]] = []
+    if source.prefix is not None:
+        prefixes.append((source.prefix, "bearer"))
+        if source.prefix.lower() == "bearer ":
+            prefixes.append((DPOP_PREFIX, "dpop"))
+    found: list[tuple[str, str]] = []
     other_scheme = False
-    for part in parts:
+    for part in value.split(","):
         part = part.lstrip()
-        if prefix is not None:
+        scheme = "bearer"
+        if prefixes:
             # The auth scheme is case-insensitive (RFC 7235 §2.1): "bearer x" is fine.
-            if part[: len(prefix)].lower() != prefix.lower():
+            match = next(((p, s) for p, s in prefixes if part[: len(p)].lower() == p.lower()), None)
+            if match is None:
                 other_scheme = other_scheme or bool(part.strip())
                 continue
-            part = part[len(prefix) :]
+            part, scheme = part[len(match[0]) :], match[1]
         token = part.strip()
         if not token:
             raise MalformedToken("empty token")
-        found.append(token)
+        found.append((token, scheme))
     if found and other_scheme:
         raise InvalidRequest("more than one credential presented")
     return found
@@ -86,7 +96,7 @@ def extract(headers: Mapping[str, str], path: str, sources: Iterable[TokenSource
     jar: dict[str, list[str]] | None = None
     query: dict[str, list[str]] | None = None
     for source in sources:
-        values: list[str] = []
+        values: list[tuple[str, str]] = []
         if source.header is not None:
             raw = headers.get(source.header)
             if raw is not None:
@@ -94,16 +104,18 @@ def extract(headers: Mapping[str, str], path: str, sources: Iterable[TokenSource
         elif source.cookie is not None:
             if jar is None:
                 jar = cookies(headers.get("cookie", ""))
-            values.extend(jar.get(source.cookie, ()))
+            values.extend((v, "bearer") for v in jar.get(source.cookie, ()))
         elif source.query is not None:
             if query is None:
                 query = query_params(path)
-            values.extend(query.get(source.query, ()))
-        for token in values:
+            values.extend((v, "bearer") for v in query.get(source.query, ()))
+        for token, scheme in values:
             if not token:
                 raise MalformedToken("empty token")
             if found is None:
-                found = Found(token, source)
-            elif found.token != token:
+                found = Found(token, source, scheme)
+            elif found.token != token or found.scheme != scheme:
+                # Another token, or the same one under both schemes (Bearer and DPoP:
+                # which binding rules apply must not be the client's pick).
                 raise InvalidRequest()
     return found

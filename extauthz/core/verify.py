@@ -251,6 +251,18 @@ def check_claims(claims: Mapping[str, Any], provider: Provider, now: float) -> t
     return exp + skew, (max(starts) - skew if starts else -math.inf)
 
 
+def typ_matches(typ: object, wanted: str) -> bool:
+    """RFC 7515 §4.1.9: a media type, compared case-insensitively, "application/" optional."""
+    if not isinstance(typ, str):
+        return False
+
+    def bare(value: str) -> str:
+        value = value.lower()
+        return value[len("application/") :] if value.startswith("application/") else value
+
+    return bare(typ) == bare(wanted)
+
+
 def verify_token(
     token: Unverified, name: str, provider: Provider, keys: KeySet, now: float
 ) -> Verified:
@@ -262,6 +274,10 @@ def verify_token(
     alg = token.alg
     if alg not in provider.algorithms or alg not in _ALGS:
         raise errors.AlgorithmNotAllowed()
+    if provider.require_typ is not None and not typ_matches(
+        token.header.get("typ"), provider.require_typ
+    ):
+        raise errors.WrongTokenType()
     # Claims first: they are cheap and they gate the (rate-limited) unknown-kid refetch.
     not_after, not_before = check_claims(token.claims, provider, now)
     kid = token.kid

@@ -22,7 +22,7 @@ from aiohttp import web
 from .. import config, httpsite, logs
 from ..errors import EnvoyStartError
 from ..server.process import ServingProcess
-from . import envoy_config, issuer
+from . import client, envoy_config, issuer
 
 AUDIENCE = "demo-api"
 TOKEN_TTL = 3600.0  # long enough for an unhurried trial; rotation keeps working (issuer.py)
@@ -68,6 +68,7 @@ def demo_config(issuer_url: str, rotate_every: float) -> config.Config:
                     "refresh_interval": max(2.0, rotate_every / 2),
                     "min_refresh_interval": 1.0,
                     "claims_to_headers": {"x-user-id": "sub", "x-user-scope": "scope"},
+                    "dpop": {},  # DPoP-bound tokens accepted; plain Bearer ones too
                 }
             },
             "rules": [
@@ -95,6 +96,30 @@ def _start_envoy(port: int, grpc_port: int, upstream_port: int) -> Any:
             raise
         print(f"port {port} is busy; letting the OS pick one", file=sys.stderr)
         return _start_envoy(0, grpc_port, upstream_port)
+
+
+def _dpop_examples(dev: issuer.DevIssuer, base: str, key_file: Path) -> list[str]:
+    """Commands for a DPoP-bound token (RFC 9449): its proof is signed when the command
+    runs, as a client would for each request, so the commands work whenever pasted."""
+    key = client.load_key(key_file, create=True)
+    bound = dev.mint(sub="carol", aud=AUDIENCE, scope="read", cnf={"jkt": client.thumbprint(key)})
+    url = f"{base}/hello"
+    proof = (
+        f"{extauthz_command()} dpop-proof --key {shlex.quote(str(key_file))} "
+        f'--token "$T" --url {url}'
+    )
+    dpop = '-H "Authorization: DPoP $T" -H "DPoP: $P"'
+    return [
+        f"# DPoP (RFC 9449): a token bound to the client key in {key_file},",
+        "# sent with a proof signed for this request -> 200; the upstream sees x-user-id: carol",
+        f"T={bound}; P=$({proof}); curl -i {url} {dpop}",
+        '# the same proof sent twice -> 200, then 401 error="invalid_dpop_proof" '
+        '"DPoP proof replayed"',
+        f"T={bound}; P=$({proof}); curl -s -o /dev/null -w '%{{http_code}}\\n' {url} {dpop};"
+        f" curl -i {url} {dpop}",
+        '# the DPoP-bound token sent as a plain Bearer token -> 401 error="invalid_token"',
+        f"curl -i {url} -H 'Authorization: Bearer {bound}'",
+    ]
 
 
 async def run(*, port: int = 10000, alg: str = "EdDSA", rotate_every: float = 60.0) -> int:
@@ -126,6 +151,7 @@ async def run(*, port: int = 10000, alg: str = "EdDSA", rotate_every: float = 60
     except Exception as exc:  # EnvoyStartError: show why, keep the rest running
         print(f"Envoy failed to start: {exc}")
 
+    client_dir = Path(tempfile.mkdtemp(prefix="extauthz-demo-client-"))
     minted_at = time.time()
     valid = dev.mint(sub="alice", aud=AUDIENCE, scope="read")
     admin_token = dev.mint(sub="root", aud=AUDIENCE, scope="read admin")
@@ -166,6 +192,7 @@ async def run(*, port: int = 10000, alg: str = "EdDSA", rotate_every: float = 60
         lines += [
             "# a fresh token from the dev issuer (its signing key rotates) -> 200",
             f'curl -i {base}/hello -H "Authorization: Bearer $({mint} --aud {AUDIENCE})"',
+            *_dpop_examples(dev, base, client_dir / "dpop-key.json"),
         ]
     print("\n".join(lines), flush=True)
 
@@ -180,6 +207,7 @@ async def run(*, port: int = 10000, alg: str = "EdDSA", rotate_every: float = 60
         if envoy is not None:
             await asyncio.to_thread(envoy.stop)
             shutil.rmtree(envoy.workdir, ignore_errors=True)
+        shutil.rmtree(client_dir, ignore_errors=True)
         await server.stop(grace=1.0)
         for runner in (up_runner, iss_runner):
             with contextlib.suppress(Exception):

@@ -118,9 +118,14 @@ class DevIssuer:
         scope: str | None = None,
         ttl: float | None = None,
         claims: Mapping[str, Any] | None = None,
+        cnf: Mapping[str, str] | None = None,
+        typ: str = "JWT",
     ) -> str:
+        """A signed token. ``cnf`` binds it to a DPoP key (``{"jkt": …}``, RFC 9449) or
+        a client certificate (``{"x5t#S256": …}``, RFC 8705); ``typ`` "at+jwt" makes it
+        an RFC 9068 access token."""
         with self._lock:
-            return self._mint(sub, aud, scope, ttl, claims)
+            return self._mint(sub, aud, scope, ttl, claims, cnf, typ)
 
     def _mint(
         self,
@@ -129,6 +134,8 @@ class DevIssuer:
         scope: str | None,
         ttl: float | None,
         claims: Mapping[str, Any] | None,
+        cnf: Mapping[str, str] | None,
+        typ: str,
     ) -> str:
         self._tick()
         now = self._clock()
@@ -144,10 +151,12 @@ class DevIssuer:
             body["aud"] = aud
         if scope:
             body["scope"] = scope
+        if cnf:
+            body["cnf"] = dict(cnf)
         body.update(claims or {})
         key = self._current
         key.latest_exp = max(key.latest_exp, float(body["exp"]))
-        header = {"alg": self.alg, "kid": key.kid, "typ": "JWT"}
+        header = {"alg": self.alg, "kid": key.kid, "typ": typ}
         with warnings.catch_warnings():
             # joserfc flags the "EdDSA" name (RFC 9864 prefers "Ed25519"); verifiers in
             # the field still expect "EdDSA", which is what a dev issuer should emit.
@@ -161,6 +170,10 @@ class DevIssuer:
             "id_token_signing_alg_values_supported": [self.alg],
             "token_endpoint": f"{self.issuer}/token",
         }
+
+
+#: The confirmation members a token request may ask for.
+_CNF = ("jkt", "x5t#S256")
 
 
 def _loopback(request: web.Request) -> bool:
@@ -194,17 +207,28 @@ def app(issuer: DevIssuer) -> web.Application:
             if not isinstance(extra, dict):
                 raise ValueError("claims must be an object")
             ttl = body.get("ttl")
+            cnf = body.get("cnf") or {}
+            if not isinstance(cnf, dict) or not all(
+                k in _CNF and isinstance(v, str) and v for k, v in cnf.items()
+            ):
+                raise ValueError('cnf must be {"jkt": THUMBPRINT} or {"x5t#S256": THUMBPRINT}')
+            typ = body.get("typ", "JWT")
+            if typ not in ("JWT", "at+jwt"):
+                raise ValueError("typ must be JWT or at+jwt")
             minted = issuer.mint(
                 sub=str(body.get("sub", "demo-user")),
                 aud=body.get("aud"),
                 scope=body.get("scope"),
                 ttl=None if ttl is None else float(ttl),
                 claims=extra,
+                cnf=cnf,
+                typ=typ,
             )
         except (ValueError, TypeError, json.JSONDecodeError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
+        kind = "DPoP" if "jkt" in cnf else "Bearer"
         return web.json_response(
-            {"access_token": minted, "token_type": "Bearer", "kid": issuer.current_kid}
+            {"access_token": minted, "token_type": kind, "kid": issuer.current_kid}
         )
 
     application = web.Application()

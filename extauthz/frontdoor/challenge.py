@@ -12,25 +12,73 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def www_authenticate(
+def _challenge(
+    scheme: str,
     realm: str,
     error: str | None,
     description: str,
     scope: str,
-    resource_metadata: str = "",
+    resource_metadata: str,
+    algs: str = "",
 ) -> str:
-    """RFC 6750 §3: no error attributes when the request carried no credentials; RFC 9728
-    §5.1: ``resource_metadata`` on every challenge of a provider that publishes one."""
-    parts = [f'Bearer realm="{_quote(realm)}"']
+    parts = [f'{scheme} realm="{_quote(realm)}"']
     if error is not None:
         parts.append(f'error="{error}"')
         if description:
             parts.append(f'error_description="{_quote(description)}"')
         if scope:
             parts.append(f'scope="{_quote(scope)}"')
+    if algs:
+        parts.append(f'algs="{algs}"')
     if resource_metadata:
         parts.append(f'resource_metadata="{_quote(resource_metadata)}"')
     return ", ".join(parts)
+
+
+def www_authenticate(
+    realm: str,
+    error: str | None,
+    description: str,
+    scope: str,
+    resource_metadata: str = "",
+    *,
+    bearer: bool = True,
+    dpop_algs: tuple[str, ...] = (),
+    error_on_dpop: bool = False,
+) -> str:
+    """The challenge(s) of a 401/403, in one header value.
+
+    RFC 6750 §3: no error attributes when the request carried no credentials. RFC 9449
+    §7.1: a ``DPoP`` challenge (with ``algs``) when the resource accepts DPoP; when it
+    accepts both schemes both challenges go out, the error on the scheme the request
+    used. RFC 9728 §5.1: ``resource_metadata`` on every challenge when there is some.
+    """
+    challenges = []
+    dpop_error = bool(dpop_algs) and (error_on_dpop or not bearer)
+    if bearer or not dpop_algs:
+        challenges.append(
+            _challenge(
+                "Bearer",
+                realm,
+                None if dpop_error else error,
+                description,
+                scope,
+                resource_metadata,
+            )
+        )
+    if dpop_algs:
+        challenges.append(
+            _challenge(
+                "DPoP",
+                realm,
+                error if dpop_error else None,
+                description,
+                scope,
+                resource_metadata,
+                " ".join(dpop_algs),
+            )
+        )
+    return ", ".join(challenges)
 
 
 def body(error: str, description: str) -> str:

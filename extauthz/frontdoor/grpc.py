@@ -18,6 +18,7 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import grpc
 from google.protobuf import struct_pb2
@@ -28,7 +29,7 @@ from .._proto.envoy.service.auth.v3 import external_auth_pb2 as pb
 from .._proto.envoy.type.v3 import http_status_pb2
 from .._proto.google.rpc import status_pb2
 from ..core.decision import Decision, refuse
-from ..core.request import AuthRequest
+from ..core.request import AuthRequest, ClientCert
 from ..errors import DenyKind
 from . import challenge
 
@@ -54,6 +55,7 @@ ANSWERS: Mapping[DenyKind, Answer] = {
     DenyKind.MISSING_TOKEN: Answer(16, 401, None),  # UNAUTHENTICATED
     DenyKind.NO_RULE: Answer(16, 401, None),
     DenyKind.INVALID_TOKEN: Answer(16, 401, "invalid_token"),
+    DenyKind.INVALID_DPOP_PROOF: Answer(16, 401, "invalid_dpop_proof"),
     DenyKind.INVALID_REQUEST: Answer(3, 400, "invalid_request"),  # INVALID_ARGUMENT
     DenyKind.INSUFFICIENT_SCOPE: Answer(7, 403, "insufficient_scope"),  # PERMISSION_DENIED
     DenyKind.UNAVAILABLE: Answer(14, 503, None, challenge=False),  # UNAVAILABLE
@@ -89,7 +91,9 @@ def to_auth_request(request: CheckRequest) -> AuthRequest:
     path = http.path or headers.get(":path", "/")
     if http.query and "?" not in path:
         path = f"{path}?{http.query}"
+    pem = attrs.source.certificate
     return AuthRequest(
+        client_cert=ClientCert(pem=unquote(pem)) if pem else None,
         method=http.method or headers.get(":method", "GET"),
         scheme=http.scheme or headers.get(":scheme", ""),
         host=http.host or headers.get(":authority", headers.get("host", "")),
@@ -110,15 +114,25 @@ def http_status(decision: Decision) -> int:
 
 @lru_cache(maxsize=1024)
 def _denied(
-    realm: str, kind: DenyKind, description: str, scope: str, reason: str, resource_metadata: str
+    realm: str,
+    kind: DenyKind,
+    description: str,
+    scope: str,
+    reason: str,
+    resource_metadata: str,
+    bearer: bool = True,
+    dpop_algs: tuple[str, ...] = (),
+    dpop: bool = False,
 ) -> bytes:
     """Deny answers are few and fixed: build each once and reuse the serialized bytes."""
     answer = ANSWERS[kind]
     headers = [_hvo("content-type", "application/json")]
     if answer.challenge:
         value = challenge.www_authenticate(
-            realm, answer.oauth_error, description, scope, resource_metadata
-        )
+            realm, answer.oauth_error, description, scope, resource_metadata,
+            bearer=bearer, dpop_algs=dpop_algs,
+            error_on_dpop=dpop or kind is DenyKind.INVALID_DPOP_PROOF,
+        )  # fmt: skip
         headers.append(_hvo("www-authenticate", value))
     else:
         headers.append(_hvo("retry-after", "1"))
@@ -173,7 +187,8 @@ def encode(decision: Decision, realm: str) -> bytes:
     """The serialized CheckResponse for a decision."""
     if decision.deny is not None:
         return _denied(realm, decision.deny, decision.description, decision.scope,
-                       decision.reason, decision.resource_metadata)  # fmt: skip
+                       decision.reason, decision.resource_metadata, decision.bearer,
+                       decision.dpop_algs, decision.dpop)  # fmt: skip
     if not decision.allowed:  # a deny without a kind: never let it pass as status 0
         return _denied(realm, DenyKind.UNAVAILABLE, "", "", "internal_error", "")
     response = CheckResponse(

@@ -29,14 +29,14 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
 from .. import errors, logs
 from ..config import HttpSettings, ProtectedResource, split_address
-from ..core.decision import Decision, NeedKeys, refuse
-from ..core.request import AuthRequest
+from ..core.decision import Decision, refuse
+from ..core.request import AuthRequest, ClientCert
 from ..errors import DenyKind
 from . import challenge
 
@@ -76,10 +76,17 @@ ANSWERS: Mapping[DenyKind, Answer] = {
     DenyKind.MISSING_TOKEN: Answer(401, None),
     DenyKind.NO_RULE: Answer(401, None),
     DenyKind.INVALID_TOKEN: Answer(401, "invalid_token"),
+    DenyKind.INVALID_DPOP_PROOF: Answer(401, "invalid_dpop_proof"),
     DenyKind.INVALID_REQUEST: Answer(400, "invalid_request"),
     DenyKind.INSUFFICIENT_SCOPE: Answer(403, "insufficient_scope"),
     DenyKind.UNAVAILABLE: Answer(503, None, challenge=False),
 }
+#: The answer when nothing else can be encoded: built once, at import, so it cannot fail.
+_UNAVAILABLE_CLOSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"retry-after: 1\r\ncontent-length: 25\r\nconnection: close\r\n\r\n"
+    b'{"error": "unavailable"}\n'
+)
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
             404: "Not Found", 503: "Service Unavailable"}  # fmt: skip
 
@@ -99,12 +106,29 @@ def _head(status: int, headers: list[tuple[str, str]], body: bytes, close: bool)
 
 @lru_cache(maxsize=1024)
 def _denied(
-    realm: str, kind: DenyKind, description: str, scope: str, reason: str, metadata: str
+    realm: str,
+    kind: DenyKind,
+    description: str,
+    scope: str,
+    reason: str,
+    metadata: str,
+    bearer: bool = True,
+    dpop_algs: tuple[str, ...] = (),
+    dpop: bool = False,
 ) -> tuple[int, list[tuple[str, str]], bytes]:
     answer = ANSWERS[kind]
     headers = [("content-type", "application/json")]
     if answer.challenge:
-        value = challenge.www_authenticate(realm, answer.oauth_error, description, scope, metadata)
+        value = challenge.www_authenticate(
+            realm,
+            answer.oauth_error,
+            description,
+            scope,
+            metadata,
+            bearer=bearer,
+            dpop_algs=dpop_algs,
+            error_on_dpop=dpop or kind is DenyKind.INVALID_DPOP_PROOF,
+        )
         headers.append(("www-authenticate", value))
     else:
         headers.append(("retry-after", "1"))
@@ -121,7 +145,9 @@ def encode(decision: Decision, realm: str, close: bool) -> bytes:
         return _head(200, headers, b"", close)
     kind = decision.deny if decision.deny is not None else DenyKind.UNAVAILABLE
     status, headers, body = _denied(realm, kind, decision.description, decision.scope,
-                                    decision.reason, decision.resource_metadata)  # fmt: skip
+                                    decision.reason, decision.resource_metadata,
+                                    decision.bearer, decision.dpop_algs,
+                                    decision.dpop)  # fmt: skip
     return _head(status, headers, body, close)
 
 
@@ -181,6 +207,10 @@ class Door:
         """The request being authorized, per ``original_request``. Raises _Refused."""
         mode = self.settings.original_request
         joined = _joined(headers)
+        trusted = self.trusted(peer)
+        cert = self._client_cert(headers) if trusted else None
+        proto = headers.get("x-forwarded-proto", [])
+        scheme = proto[0].lower() if len(proto) == 1 else "http"
         if mode == "request":
             path = target
             if self._prefix:
@@ -189,8 +219,8 @@ class Door:
                     raise _Refused("path outside path_prefix")
                 path = rest if rest.startswith("/") else "/" + rest
             return AuthRequest(method=method, host=joined.get("host", ""), path=path,
-                               headers=joined, scheme="")  # fmt: skip
-        if not self.trusted(peer):
+                               headers=joined, scheme=scheme, client_cert=cert)  # fmt: skip
+        if not trusted:
             raise _Refused("forwarded request attributes from an untrusted peer")
         if mode == "forwarded":
             return AuthRequest(
@@ -199,15 +229,26 @@ class Door:
                 path=_one(headers, "x-forwarded-uri"),
                 scheme=_one(headers, "x-forwarded-proto").lower(),
                 headers=joined,
+                client_cert=cert,
             )
-        proto = headers.get("x-forwarded-proto", [])
         return AuthRequest(
             method=_one(headers, "x-original-method"),
             host=_one(headers, "host"),
             path=_one(headers, "x-original-uri"),
-            scheme=proto[0].lower() if len(proto) == 1 else "http",
+            scheme=scheme,
             headers=joined,
+            client_cert=cert,
         )
+
+    def _client_cert(self, headers: Mapping[str, list[str]]) -> ClientCert | None:
+        """The client certificate a trusted proxy forwarded in ``client_cert_header``:
+        Envoy's ``x-forwarded-client-cert`` (one element's ``Cert=`` or ``Hash=``),
+        or a URL-encoded PEM (NGINX ``$ssl_client_escaped_cert``)."""
+        name = self.settings.client_cert_header
+        values = headers.get(name, []) if name is not None else []
+        if len(values) != 1:
+            return None  # absent, or ambiguous: a bound token is then refused
+        return parse_client_cert_header(values[0])
 
     def metadata_document(self, method: str, target: str) -> bytes | None:
         """The RFC 9728 document, when this is a request for it: at the well-known path,
@@ -267,6 +308,46 @@ class Listener:
             await asyncio.sleep(0.02)
         for connection in list(self.door.connections):
             connection.abort()
+
+
+def _split_unquoted(text: str, sep: str) -> list[str]:
+    """Split on ``sep`` outside double quotes (XFCC quotes values holding , ; or =)."""
+    parts, start, quoted, escaped = [], 0, False, False
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == sep and not quoted:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def parse_client_cert_header(value: str) -> ClientCert | None:
+    """A forwarded client certificate: a URL-escaped PEM (NGINX), or Envoy's XFCC with
+    exactly one element, as an edge Envoy with ``SANITIZE_SET`` sends it. Several
+    elements are refused (None): behind an edge that appends instead, the first one
+    may have been written by the client."""
+    value = value.strip()
+    if "-----BEGIN" in unquote(value) and "=" not in value.partition("-----")[0]:
+        return ClientCert(pem=unquote(value))
+    elements = _split_unquoted(value, ",")
+    if len(elements) != 1:
+        return None
+    fields: dict[str, str] = {}
+    for pair in _split_unquoted(elements[0], ";"):
+        key, sep, raw = pair.strip().partition("=")
+        if sep:
+            fields[key.strip().lower()] = raw.strip().strip('"')
+    if fields.get("cert"):
+        return ClientCert(pem=unquote(fields["cert"]))
+    if fields.get("hash"):
+        return ClientCert(sha256_hex=fields["hash"])
+    return None
 
 
 def _metadata_document(resource: ProtectedResource | None) -> bytes | None:
@@ -459,7 +540,7 @@ class Connection(asyncio.Protocol):
                 continue
             authorizer = door.authorizer
             result = authorizer.first(pending.request)
-            if isinstance(result, NeedKeys):
+            if not isinstance(result, Decision):
                 self._busy = True
                 if self._transport is not None:
                     self._transport.pause_reading()
@@ -492,7 +573,8 @@ class Connection(asyncio.Protocol):
         except Exception:  # a decision HTTP cannot carry: a deny, logged and counted
             _log.exception("check_answer_unencodable", reason=decision.reason)
             decision = refuse(errors.InternalError(), rule=decision.rule)
-            data = self._door.answer(decision, pending.close)
+            data = _UNAVAILABLE_CLOSE
+            pending.close = True
         self._door.authorizer.record(req, decision, status_of(decision), pending.started,
                                      front_door="http")  # fmt: skip
         self._write(data, pending)

@@ -37,6 +37,8 @@ ALG_KEY_TYPES: Mapping[str, tuple[str, frozenset[str] | None]] = MappingProxyTyp
 
 #: Default smallest RSA modulus accepted (``providers.<name>.min_rsa_bits``).
 MIN_RSA_BITS = 2048
+#: Largest RSA public exponent accepted, in bits (65537 has 17).
+MAX_RSA_EXPONENT_BITS = 32
 #: RFC 7518 §3.2: an HMAC key must be at least as long as the hash output.
 HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 #: A token without ``kid`` is tried against at most this many keys (the first ones of
@@ -108,6 +110,10 @@ def _refuse_weak(data: Mapping[str, Any], key: Any, min_rsa_bits: int) -> int:
         bits = key.public_key.key_size
         if bits < min_rsa_bits:
             raise ValueError(f"RSA key of {bits} bits is below {min_rsa_bits} (min_rsa_bits)")
+        # Every signature check costs about log2(e) multiplications: a huge exponent
+        # (valid, but never issued: 65537 is the norm) makes each one a CPU burn.
+        if key.public_key.public_numbers().e.bit_length() > MAX_RSA_EXPONENT_BITS:
+            raise ValueError(f"RSA public exponent above 2**{MAX_RSA_EXPONENT_BITS}")
     elif kty == "OKP":
         crv = data.get("crv")
         if crv not in curves.CURVES:

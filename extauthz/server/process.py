@@ -25,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .. import __version__, files, logs, metrics
 from .. import config as configmod
+from .. import replay as replay_store
 from ..authorizer import Authorizer
 from ..config import Config, Provider, split_address
 from ..core.policy import Policy
@@ -101,7 +102,8 @@ class ServingProcess:
     async def start(self) -> None:
         cfg = self.config
         self.sources = {name: self._new_source(name, p) for name, p in cfg.providers.items()}
-        self.authorizer = Authorizer(Policy(cfg), self.sources)
+        self.replay = replay_store.build(cfg.server.replay_store)
+        self.authorizer = Authorizer(Policy(cfg), self.sources, replay=self.replay)
         self._grpc = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 1 if self._reuse_port else 0),
@@ -175,11 +177,17 @@ class ServingProcess:
             await self._admin.cleanup()
         if self._session is not None:
             await self._session.close()
+        await self.replay.close()
         _log.info("stopped")
 
     # -- readiness -----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        return admin.key_status(self.sources, self.draining)
+        status = admin.key_status(self.sources, self.draining)
+        # An unreachable replay store fails DPoP requests only (503), so it is shown,
+        # not made a readiness condition: every replica shares it, and taking them all
+        # out of service would fail every other request too.
+        status["replay_store"] = self.replay.status()
+        return status
 
     @property
     def ready(self) -> bool:
@@ -258,7 +266,7 @@ class ServingProcess:
             *(s.wait_ready(min(5.0, s.provider.fetch_timeout)) for s in started.values())
         )
         sources = {**change.kept, **started}
-        authorizer = Authorizer(Policy(change.config), sources)
+        authorizer = Authorizer(Policy(change.config), sources, replay=self.replay)
         # The swap: one reference assignment each, never a half-updated config.
         self.config, self.sources, self.authorizer = change.config, sources, authorizer
         if self._servicer is not None:

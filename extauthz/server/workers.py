@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import config as cfgmod
 from .. import logs
-from ..config import Config, split_address
+from ..config import Config, per_process_replay, split_address
 from ..errors import ConfigError
 
 _log = logs.get("extauthz.workers")
@@ -172,6 +172,10 @@ class Supervisor:
             admin_at = f"{split_address(self.config.server.admin_listen)[0]}:{admin_port}"
         _log.info("started", grpc=f"{self.host}:{self.port}", http=self.http_listen,
                   workers=self.n, admin=admin_at)  # fmt: skip
+        if per_process_replay(self.config):
+            # Workers share a port, so a replayed proof may reach one that has not seen it.
+            _log.warning("replay_store_per_process", workers=self.n,
+                         hint="set server.replay_store to a redis:// URL")  # fmt: skip
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

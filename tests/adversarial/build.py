@@ -23,10 +23,30 @@ A recipe (``case["token"]``) is a mapping:
 ``length``         pad the claims so the final token is exactly this many characters.
 ``mutate``         a list of ``{op: value}`` applied in order (see ``_mutate``).
 
-Placeholders in strings: ``@now``, ``@now+N``, ``@now-N`` (integers), ``@iss``,
-``@hs_iss``, ``@inline_iss``, ``@zerosN`` / ``@kidN`` (N zeros / N ``k``), ``@listsN`` /
-``@objsN`` (JSON nested N levels deep: ``[[…]]`` / ``{"a":{"a":…1}}``); whole values
-``@attacker_jwk`` and ``@attacker_x5c`` (never-published attacker key material).
+A request (``case["request"]``) says where the token goes (``via``, ``scheme``, ``second``,
+``path``, ``host``, ``method``, ``headers``) and, with ``dpop``, sends a DPoP proof (RFC 9449)
+in the ``DPoP`` header, the token then going as ``Authorization: DPoP`` unless ``scheme``
+says otherwise. A proof recipe is a mapping:
+
+``key``            the client key that signs it and whose public JWK is its ``jwk``
+                   (default ``dpop_ec``); ``alg`` its algorithm (default: the key's).
+``header``         members over ``{"typ": "dpop+jwt", "alg": <alg>, "jwk": <key's JWK>}``.
+``claims``         members over ``{"jti": <fresh>, "htm": <method>, "htu": <http://host/path,
+                   no query>, "iat": <now>, "ath": <hash of the token>}``.
+``header_extra``   JSON text added as the last members (duplicates, deep nesting, ``1e400``);
+``claims_extra``   the same for the claims.
+``sign``           as for tokens (``{key, alg, as}`` or ``none``; default: ``key`` with
+                   ``alg``), or ``{hex: …}``: exactly these signature bytes.
+``payload_token``  a token recipe whose compact form is the proof's payload (nested JWS).
+``raw``, ``length``, ``mutate``  as for tokens; ``count``: N proofs joined by commas;
+``token: true``    the access token itself as the proof.
+
+Placeholders in strings: ``@now``, ``@now+N``, ``@now-N`` (integers; ``@now-0.5`` a
+float), ``@iss``, ``@hs_iss``, ``@inline_iss``, ``@dpop_iss``, ``@zerosN`` / ``@kidN`` (N
+zeros / N ``k``), ``@listsN`` / ``@objsN`` (JSON nested N levels deep: ``[[…]]`` /
+``{"a":{"a":…1}}``); whole values ``@attacker_jwk`` and ``@attacker_x5c``
+(never-published attacker key material), ``@jwk:NAME`` / ``@private_jwk:NAME`` (a key's
+public / private JWK) and ``@jkt:NAME`` (its RFC 7638 thumbprint, for ``cnf.jkt``).
 """
 
 from __future__ import annotations
@@ -38,6 +58,8 @@ import hashlib
 import hmac
 import json
 import re
+import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -45,6 +67,7 @@ from urllib.parse import quote
 import yaml
 from cryptography.hazmat.primitives import serialization
 from joserfc import jwe
+from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, Key, OctKey, OKPKey, RSAKey, import_key
 from joserfc.jws import JWSRegistry
 
@@ -54,6 +77,8 @@ KEYS: dict[str, Any] = json.loads((HERE / "keys.json").read_text())
 ISS = "https://issuer.example"  # provider "main": default algorithms, JWKS over HTTP
 HS_ISS = "https://hs.example"  # provider "hs": same keys inline, algorithms [RS256, HS256]
 INLINE_ISS = "https://inline.example"  # provider "inline": inline oct + RSA, [HS256, RS256]
+DPOP_ISS = "https://dpop.example"  # provider "dpop": the main JWKS, `dpop: {}` (RFC 9449)
+DPOP_ALGS = "ES256 EdDSA RS256 PS256"  # its dpop.algorithms (the default), as `algs` says
 AUD = "api"
 REALM = "extauthz"
 HOST = "api.example.com"  # the Host of every request unless a case sets `request.host`
@@ -70,13 +95,15 @@ PUBLISHED: dict[str, str | None] = {
 }
 _HASH = {"256": hashlib.sha256, "384": hashlib.sha384, "512": hashlib.sha512}
 _PLACEHOLDER = re.compile(
-    r"@(now(?:[+-]\d+)?|iss|hs_iss|inline_iss|zeros\d+|kid\d+|lists\d+|objs\d+)\b"
+    r"@(now(?:[+-]\d+(?:\.\d+)?)?|iss|hs_iss|inline_iss|dpop_iss|zeros\d+|kid\d+|lists\d+|objs\d+)\b"
 )
 
 
 @functools.cache
 def key(name: str) -> Key:
-    return import_key(KEYS[name])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SecurityWarning)  # dpop_rsa1024 is small on purpose
+        return import_key(KEYS[name])
 
 
 def public_jwk(name: str) -> dict[str, Any]:
@@ -130,6 +157,8 @@ def config(jwks_url: str) -> dict[str, Any]:
                 "algorithms": ["HS256", "RS256"],
                 **common,
             },
+            # DPoP-bound tokens (cnf.jkt) with proofs, or plain Bearer tokens.
+            "dpop": {"issuer": DPOP_ISS, "jwks_uri": jwks_url, "dpop": {}, **common},
         },
         "rules": [
             {"name": "public", "match": {"path_prefix": "/public"}, "allow_anonymous": True},
@@ -163,7 +192,7 @@ def unb64(text: str) -> bytes:
 
 def _subst(value: Any, now: int) -> Any:
     """Resolve placeholders (recursively); a whole-string ``@now+N`` becomes an int."""
-    names = {"iss": ISS, "hs_iss": HS_ISS, "inline_iss": INLINE_ISS}
+    names = {"iss": ISS, "hs_iss": HS_ISS, "inline_iss": INLINE_ISS, "dpop_iss": DPOP_ISS}
 
     def one(m: re.Match[str]) -> str:
         word = m.group(1)
@@ -178,8 +207,13 @@ def _subst(value: Any, now: int) -> Any:
         if word.startswith("objs"):
             depth = int(word.removeprefix("objs"))
             return '{"a":' * depth + "1" + "}" * depth
-        return str(now + int(word[3:] or 0))
+        return str(now + _number(word[3:] or "0"))
 
+    if isinstance(value, str) and value.startswith(("@jwk:", "@private_jwk:", "@jkt:")):
+        kind, _, name = value[1:].partition(":")
+        if kind == "jkt":
+            return str(key(name).thumbprint())
+        return dict(key(name).as_dict(private=kind == "private_jwk"))
     if value == "@attacker_jwk":
         return public_jwk("attacker_rsa") | {"kid": "attacker"}
     if value == "@attacker_x5c":
@@ -187,13 +221,17 @@ def _subst(value: Any, now: int) -> Any:
     if isinstance(value, str):
         m = _PLACEHOLDER.fullmatch(value)
         if m and m.group(1).startswith("now"):
-            return int(one(m))
+            return _number(one(m))
         return _PLACEHOLDER.sub(one, value)
     if isinstance(value, list):
         return [_subst(v, now) for v in value]
     if isinstance(value, dict):
         return {k: _subst(v, now) for k, v in value.items()}
     return value
+
+
+def _number(text: str) -> int | float:
+    return float(text) if "." in text else int(text)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any] | None) -> dict[str, Any]:
@@ -372,6 +410,86 @@ def token(recipe: dict[str, Any] | str, now: int) -> str:
     return _mutate(tok, recipe.get("mutate", []))
 
 
+# -- DPoP proofs ---------------------------------------------------------------------------
+
+#: The proof algorithm of each client key type (and EC curve).
+_PROOF_ALG = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512", "Ed25519": "EdDSA"}
+
+
+def _key_alg(name: str) -> str:
+    data = KEYS[name]
+    if data["kty"] == "RSA":
+        return "PS256"
+    return _PROOF_ALG[data["crv"]]
+
+
+def _with_extra(obj: dict[str, Any], extra: str | None, now: int) -> bytes:
+    text = _json(obj)
+    if not extra:
+        return text
+    more = str(_subst(extra, now)).encode()
+    return text[:-1] + (b"," if len(text) > 2 else b"") + more + b"}"
+
+
+def _proof_compact(recipe: dict[str, Any], now: int, ath: str, method: str, url: str,
+                   pad: str = "") -> str:  # fmt: skip
+    name = recipe.get("key", "dpop_ec")
+    alg = recipe.get("alg") or _key_alg(name)
+    base = {"typ": "dpop+jwt", "alg": alg, "jwk": dict(key(name).as_dict(private=False))}
+    header = _merge(base, _subst(recipe.get("header"), now))
+    head = _with_extra(header, recipe.get("header_extra"), now)
+    if "payload_token" in recipe:
+        payload = token(recipe["payload_token"], now).encode()
+    else:
+        claims = {"jti": uuid.uuid4().hex, "htm": method, "htu": url, "iat": now, "ath": ath}
+        claims = _merge(claims, _subst(recipe.get("claims"), now))
+        if pad:
+            claims["pad"] = pad
+        payload = _with_extra(claims, recipe.get("claims_extra"), now)
+    signing_input = f"{b64(head)}.{b64(payload)}"
+    sign = recipe.get("sign", {"key": name, "alg": alg})
+    if isinstance(sign, dict) and "hex" in sign:
+        signature = bytes.fromhex(sign["hex"])
+    else:
+        signature = _signature(sign, signing_input.encode())
+    return f"{signing_input}.{b64(signature)}"
+
+
+def proof(recipe: dict[str, Any], now: int, tok: str, method: str, url: str) -> str:
+    """A DPoP proof for ``method url`` bound to the access token ``tok`` (see above)."""
+    if "raw" in recipe:
+        return _mutate(str(_subst(recipe["raw"], now)), recipe.get("mutate", []))
+    if recipe.get("token"):
+        return tok
+    ath = b64(hashlib.sha256(tok.encode("ascii")).digest())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SecurityWarning)  # the RSA-1024 key signs too
+        if "length" in recipe:
+            out = _proof_sized(recipe, now, ath, method, url, int(recipe["length"]))
+        else:
+            out = _proof_compact(recipe, now, ath, method, url)
+    return _mutate(out, recipe.get("mutate", []))
+
+
+def _proof_sized(recipe: dict[str, Any], now: int, ath: str, method: str, url: str,
+                 length: int) -> str:  # fmt: skip
+    """Pad a ``pad`` claim (and an ``xp`` header member) to exactly ``length``."""
+    for head_pad in range(4):
+        r = copy.deepcopy(recipe)
+        if head_pad:
+            r["header"] = {**(r.get("header") or {}), "xp": "x" * head_pad}
+        base = len(_proof_compact(r, now, ath, method, url))
+        n = max(0, (length - base) * 3 // 4 - 24)
+        while True:
+            out = _proof_compact(r, now, ath, method, url, pad="x" * n)
+            if len(out) == length:
+                return out
+            if len(out) > length:
+                break
+            n += 1
+    raise ValueError(f"cannot build a proof of exactly {length} characters")
+
+
 # -- requests ------------------------------------------------------------------------------
 
 
@@ -381,10 +499,18 @@ def request(case: dict[str, Any], now: int) -> tuple[str, str, dict[str, str]]:
     path = spec.get("path", "/api/orders")
     headers: dict[str, str] = {}
     placed: list[tuple[str, str]] = []
+    main = ""
     if "token" in case:
         main = token(case["token"], now)
         for where in spec.get("via", ["authorization"]):
             placed.append((where, main))
+    host = spec.get("host", HOST)
+    if "dpop" in spec:  # htu: the URL the client asked for, without the query
+        recipe = spec["dpop"]
+        url = f"http://{host}{path.partition('?')[0]}"
+        method = spec.get("method", "GET")
+        proofs = [proof(recipe, now, main, method, url) for _ in range(recipe.get("count", 1))]
+        headers["dpop"] = ",".join(proofs)
     if "second" in spec:
         other = token(spec["second"]["token"], now)
         placed.append((spec["second"].get("via", "cookie"), other))
@@ -395,7 +521,8 @@ def request(case: dict[str, Any], now: int) -> tuple[str, str, dict[str, str]]:
         if where == "authorization":
             # Repeated Authorization headers reach extauthz joined by "," (Envoy joins
             # them so): build that joined value.
-            authorization.append(f"{spec.get('scheme', 'Bearer')} {tok}")
+            default = "DPoP" if "dpop" in spec else "Bearer"
+            authorization.append(f"{spec.get('scheme', default)} {tok}")
         elif where == "cookie":
             cookies.append(f"access_token={tok}")
         elif where == "query":
@@ -410,5 +537,5 @@ def request(case: dict[str, Any], now: int) -> tuple[str, str, dict[str, str]]:
         path += ("&" if "?" in path else "?") + "&".join(query)
     for name, value in (spec.get("headers") or {}).items():
         headers[name.lower()] = str(_subst(value, now))
-    headers["host"] = spec.get("host", HOST)
+    headers["host"] = host
     return spec.get("method", "GET"), path, headers

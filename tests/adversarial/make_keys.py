@@ -60,6 +60,11 @@ def main() -> None:
         "attacker_ec": _private(ECKey.generate_key("P-256")),
         "attacker_ed": _private(OKPKey.generate_key("Ed25519")),
         "attacker_x5c": _self_signed(attacker),
+        # DPoP clients' keys (RFC 9449), never published: tokens name them in cnf.jkt.
+        "dpop_ec": _private(ECKey.generate_key("P-256")),
+        "dpop_ed": _private(OKPKey.generate_key("Ed25519")),
+        "dpop_rsa": _private(RSAKey.generate_key(2048)),
+        "dpop_rsa1024": _private(RSAKey.generate_key(1024)),  # below the 2048-bit minimum
     }
     json.dump(keys, sys.stdout, indent=1, sort_keys=True)
     sys.stdout.write("\n")

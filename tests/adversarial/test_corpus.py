@@ -5,6 +5,9 @@
 - ``envoy``: through a real Envoy -> extauthz (ServerThread) -> JWKS server stack, checking
   the HTTP status, the ``WWW-Authenticate`` error, the JSON body, and that a denied
   request never reached the upstream.
+
+DPoP cases (RFC 9449, ``request.dpop``) run both ways too; their answers also say which
+challenge carries the error (``expect.on``; a proof problem's is the DPoP one).
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ def keysets() -> dict[str, jwks.KeySet]:
     assert "x25519" in dict(fetched.skipped), "the X25519 key must be skipped"
     return {
         "main": fetched,
+        "dpop": fetched,  # the same JWKS endpoint
         "hs": jwks.parse_keyset(build.jwks_document(), allow_symmetric=True),
         "inline": jwks.parse_keyset(build.inline_jwks(), allow_symmetric=True),
     }
@@ -89,10 +93,27 @@ def test_decision(policy: Policy, keysets: dict[str, jwks.KeySet], case: dict[st
         return
     assert answer.denied_response.status.code == expect["status"]
     assert wire(d).oauth_error == expect.get("error"), (case["description"], got)
+    sent = {h.header.key: h.header.value for h in answer.denied_response.headers}
+    _check_challenge_scheme(sent.get("www-authenticate", ""), case, expect)
     if "description" in expect:
         assert d.description == expect["description"], (case["description"], got)
     if "scope" in expect:
         assert d.scope == expect["scope"]
+
+
+def _check_challenge_scheme(value: str, case: dict[str, Any], expect: dict[str, Any]) -> None:
+    """RFC 9449 §7.1: the error goes on the challenge ``expect.on`` names (a proof problem:
+    DPoP), and the DPoP challenge lists exactly the provider's algorithms."""
+    error = expect.get("error")
+    on = expect.get("on", "DPoP" if error == "invalid_dpop_proof" else None)
+    if on == "DPoP":
+        dpop_challenge = value[value.index("DPoP realm=") :]
+        assert dpop_challenge.startswith(f'DPoP realm="{build.REALM}", error="{error}"'), value
+        assert dpop_challenge.endswith(f'algs="{build.DPOP_ALGS}"'), value
+        assert value.startswith(f'Bearer realm="{build.REALM}", DPoP '), value  # no error
+    elif on == "Bearer":
+        assert value.startswith(f'Bearer realm="{build.REALM}", error="{error}"'), value
+        assert value.endswith(f'DPoP realm="{build.REALM}", algs="{build.DPOP_ALGS}"'), value
 
 
 # -- envoy ---------------------------------------------------------------------------------
@@ -146,6 +167,7 @@ def test_envoy(
     assert reached == [], f"a denied request reached the upstream: {where}"
     if expect.get("envoy_local"):
         return  # Envoy itself refused it before asking extauthz
+    _check_challenge_scheme(resp.headers["www-authenticate"], case, expect)
     challenge = _www_authenticate(resp.headers["www-authenticate"])
     assert challenge.get("realm") == build.REALM, where
     assert challenge.get("error") == expect.get("error"), where

@@ -124,6 +124,19 @@ def test_rsa_minimum_is_configurable_and_2048_by_default() -> None:
         jwks.parse_keyset({"keys": [mid.jwk()]}, min_rsa_bits=3072)
 
 
+def test_an_rsa_key_with_a_huge_public_exponent_is_skipped() -> None:
+    """Valid RSA, but each verification would cost tens of milliseconds."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    n = rsa.generate_private_key(65537, 2048).public_key().public_numbers().n
+    huge = {"kty": "RSA", "kid": "huge-e", "n": b64(n.to_bytes(256, "big")),
+            "e": b64(((1 << 1023) + 1).to_bytes(128, "big"))}  # fmt: skip
+    good = Signer("RS256", kid="good")
+    keyset = jwks.parse_keyset({"keys": [huge, good.jwk()]})
+    assert [k.kid for k in keyset.keys] == ["good"]
+    assert keyset.skipped == (("huge-e", "RSA public exponent above 2**32"),)
+
+
 def test_min_rsa_bits_is_applied_by_the_key_source() -> None:
     mid = Signer("RS256", kid="mid")
     cfg = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,3 +87,12 @@ class CA:
             tmp.write_bytes(data)
             tmp.replace(path)
         return Pair(cert, key, serial)
+
+
+def client_context(ca: Path, client: Pair | None = None) -> ssl.SSLContext:
+    """A TLS client context trusting ``ca`` (server name checked), presenting ``client``'s
+    certificate when given."""
+    context = ssl.create_default_context(cafile=str(ca))
+    if client is not None:
+        context.load_cert_chain(str(client.cert), str(client.key))
+    return context

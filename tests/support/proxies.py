@@ -26,6 +26,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Sequence
@@ -41,6 +42,10 @@ NGINX_EXAMPLE = REPO / "examples" / "nginx.conf"
 CADDY_EXAMPLE = REPO / "examples" / "Caddyfile"
 TRAEFIK_EXAMPLE = REPO / "examples" / "traefik.yml"
 ENVOY_EXAMPLE = REPO / "envoy" / "http-service.yaml"
+ENVOY_MTLS_EXAMPLE = REPO / "envoy" / "mtls.yaml"
+#: Where envoy/mtls.yaml reads its PEM files (tests substitute their own).
+EXAMPLE_CERTS = "/etc/envoy/certs/"
+MTLS_FILES = ("server.crt", "server.key", "client-ca.crt")
 
 #: The addresses the examples point at (tests substitute them).
 EXAMPLE_EXTAUTHZ = "127.0.0.1:9193"
@@ -102,9 +107,15 @@ def send(
     host: str = "api.example",
     body: bytes | None = None,
     timeout: float = 10.0,
+    tls: ssl.SSLContext | None = None,
 ) -> Reply:
-    """One HTTP/1.1 request to 127.0.0.1:port; headers may repeat, sent as given."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    """One HTTP/1.1 request to 127.0.0.1:port; headers may repeat, sent as given. With
+    ``tls``, over TLS with that context (the server's name checked: 127.0.0.1)."""
+    conn = (
+        http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        if tls is None
+        else http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=tls)
+    )
     try:
         conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
         conn.putheader("Host", host)
@@ -186,6 +197,42 @@ def envoy_bootstrap(*, extauthz_port: int, upstream_port: int, access_log: Path)
     server_uri["uri"] = replace_once(
         server_uri["uri"], f"http://{EXAMPLE_EXTAUTHZ}", f"http://127.0.0.1:{extauthz_port}"
     )
+    (log,) = manager["access_log"]
+    assert log["name"] == "envoy.access_loggers.stdout"
+    log["name"] = "envoy.access_loggers.file"
+    log["typed_config"] = {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        "path": str(access_log),
+        "log_format": log["typed_config"]["log_format"],
+    }
+    return config
+
+
+def envoy_mtls_bootstrap(
+    *, extauthz_port: int, upstream_port: int, certs: Path, access_log: Path
+) -> dict[str, Any]:
+    """envoy/mtls.yaml on loopback port 0 (admin too), reading its PEM files
+    (server.crt, server.key, client-ca.crt) from ``certs`` instead of
+    /etc/envoy/certs/, with its access log (same format) in a file."""
+    text = ENVOY_MTLS_EXAMPLE.read_text()
+    for name in MTLS_FILES:
+        replace_once(text, f"{{ filename: {EXAMPLE_CERTS}{name} }}", "")  # each read once
+    config: dict[str, Any] = yaml.safe_load(text.replace(EXAMPLE_CERTS, f"{certs}/"))
+    admin = config["admin"]["address"]["socket_address"]
+    assert admin == {"address": "127.0.0.1", "port_value": 9901}
+    admin["port_value"] = 0
+    (listener,) = config["static_resources"]["listeners"]
+    assert listener["address"]["socket_address"]["port_value"] == 10443
+    listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": 0}
+    ports = {"extauthz": (9191, extauthz_port), "upstream": (8080, upstream_port)}
+    for cluster in config["static_resources"]["clusters"]:
+        (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        address = endpoint["endpoint"]["address"]["socket_address"]
+        example, port = ports.pop(cluster["name"])
+        assert address == {"address": "127.0.0.1", "port_value": example}
+        address["port_value"] = port
+    assert not ports, f"clusters missing from the example: {sorted(ports)}"
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     (log,) = manager["access_log"]
     assert log["name"] == "envoy.access_loggers.stdout"
     log["name"] = "envoy.access_loggers.file"
@@ -405,3 +452,46 @@ class CaddyProcess(_Proxy):
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+
+#: The header NginxTlsProcess forwards the client certificate in (server.http.client_cert_header).
+NGINX_CLIENT_CERT_HEADER = "X-Client-Cert"
+
+
+def nginx_tls(text: str, *, listen_port: int, cert: Path, key: Path, client_ca: Path) -> str:
+    """An nginx_config() listening with TLS, asking for a client certificate (optional:
+    a client without one still gets an answer from extauthz), and passing the one it
+    got to extauthz as NGINX's documentation shows: ``$ssl_client_escaped_cert``."""
+    text = replace_once(
+        text,
+        f"listen 127.0.0.1:{listen_port};",
+        f"listen 127.0.0.1:{listen_port} ssl;\n"
+        f"        ssl_certificate {cert};\n"
+        f"        ssl_certificate_key {key};\n"
+        f"        ssl_client_certificate {client_ca};\n"
+        "        ssl_verify_client optional;",
+    )
+    line = "proxy_set_header X-Original-Method $request_method;"
+    return replace_once(
+        text, line, f"{line}\n            proxy_set_header {NGINX_CLIENT_CERT_HEADER} "
+        "$ssl_client_escaped_cert;",
+    )  # fmt: skip
+
+
+class NginxTlsProcess(NginxProcess):
+    """:class:`NginxProcess` on a TLS listener with optional client certificates, which
+    it forwards to extauthz in :data:`NGINX_CLIENT_CERT_HEADER` (see :func:`nginx_tls`)."""
+
+    name = "nginx-tls"
+
+    def __init__(
+        self, workdir: Path, *, cert: Path, key: Path, client_ca: Path, **kwargs: Any
+    ) -> None:
+        super().__init__(workdir, **kwargs)
+        self.tls_files = {"cert": cert, "key": key, "client_ca": client_ca}
+
+    def _prepare(self, port: int) -> list[str]:
+        cmd = super()._prepare(port)
+        text = nginx_tls(self.config_path.read_text(), listen_port=port, **self.tls_files)
+        self.config_path.write_text(text)
+        return cmd

@@ -66,11 +66,10 @@ class ServeProcess:
         tmp.replace(self.config)  # atomic, like a ConfigMap update
 
     def events(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log.read_text().splitlines():
-            if line.startswith("{"):
-                out.append(json.loads(line))
-        return out
+        """Every complete JSON log line so far (a line still being written is not)."""
+        text = self.log.read_text()
+        complete = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines() if line.startswith("{")]
 
     def event(self, name: str) -> dict[str, Any] | None:
         return next((e for e in reversed(self.events()) if e.get("event") == name), None)
