@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -19,6 +19,20 @@ LEVEL_ENV = "EXTAUTHZ_LOG_LEVEL"
 FORMAT_ENV = "EXTAUTHZ_LOG_FORMAT"
 
 _level = logging.INFO
+
+
+class _Stderr:
+    """Whatever sys.stderr is at the moment of writing, not when logging was set up.
+
+    A logger bound once (structlog caches them) must not keep a stream someone later
+    replaced and closed: an embedding application, a test runner's capture.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 class LogSettingError(ValueError):
@@ -77,7 +91,7 @@ def configure(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _Stderr())),
         cache_logger_on_first_use=True,
     )
 

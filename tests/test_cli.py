@@ -260,6 +260,25 @@ def test_log_settings_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     assert logs.settings(default_format="text") == ("info", "text")
 
 
+def test_a_logger_writes_to_the_current_stderr_not_a_closed_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Logging set up while someone else's stream was sys.stderr (an embedding app, a
+    test runner's capture) must not raise once that stream is closed and replaced."""
+    import io
+
+    borrowed = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", borrowed)
+    logs.configure("info", "json")
+    log = logs.get("extauthz.test.stream")
+    log.info("first")
+    borrowed.close()
+    current = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", current)
+    log.info("second")
+    assert json.loads(current.getvalue())["event"] == "second"
+
+
 # --- --help ------------------------------------------------------------------------
 
 
