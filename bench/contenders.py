@@ -1,11 +1,15 @@
 """What is measured: each contender starts its processes, proves it answers correctly,
 then is timed once per call of :func:`run_once`.
 
-Core split (2 cores): the gRPC server (floor or extauthz) alone on core 0; the load
-generator and this orchestrator on core 1; Envoy (``--concurrency 1``) also on core 1,
-so that behind Envoy extauthz keeps a core to itself as in the direct runs. Two-worker
-runs cannot be separated: the workers and h2load share both cores; their CPU is
-reported per worker.
+Core split (2 cores): the authorization server (a floor or extauthz) alone on core 0;
+the load generator and this orchestrator on core 1; Envoy (``--concurrency 1``) also on
+core 1, so that behind Envoy the server keeps a core to itself as in the direct runs.
+Two-worker runs cannot be separated: the workers and h2load share both cores; their CPU
+is reported per worker.
+
+Envoy's ext_authz asks the server over gRPC (``grpc_service``, ``door="grpc"``) or over
+HTTP/1.1 (``http_service``, ``door="http"``: extauthz's HTTP front door, or an HTTP
+floor from bench/http_floor.py).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import http.client
 import json
 import shlex
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,6 +32,7 @@ import yaml
 from extauthz.errors import EnvoyStartError
 
 from . import drivers
+from .client import Response, http_request
 from .common import (
     AUDIENCE,
     ISSUER,
@@ -45,10 +51,11 @@ from .common import (
     pin,
     python,
     stop,
+    tail,
     taskset,
     wait_grpc_serving,
 )
-from .envoy import EnvoyProcess, bench_bootstrap
+from .envoy import USER_HEADER, EnvoyProcess, bench_bootstrap
 
 SUT_CORES = "0" if NPROC >= 2 else None
 LOAD_CORES = "1" if NPROC >= 2 else None
@@ -56,32 +63,50 @@ ALL_CORES = f"0-{NPROC - 1}" if NPROC >= 2 else None
 ENVOY_CORES = LOAD_CORES
 STARTUP_TIMEOUT = 30.0
 GRPC_OK, GRPC_UNAUTHENTICATED = 0, 16
+#: The do-nothing servers: gRPC (bench/floor.py) and HTTP (bench/http_floor.py, two
+#: implementations). They allow everything, so no request is expected to be denied.
+FLOORS = {"floor": "grpc", "http_floor": "http", "http_floor_aiohttp": "http"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """This contender's rps must be at least ``min_ratio`` times ``baseline``'s (measured
+    side by side in one run, paired by repeat like every ratio)."""
+
+    baseline: str
+    min_ratio: float
 
 
 @dataclass(frozen=True)
 class Contender:
     name: str
-    group: str  # "grpc" | "envoy" | "latency"
+    group: str  # "grpc" | "envoy" | "http" | "latency"
     what: str
     alg: str = "RS256"
-    server: str | None = "extauthz"  # "extauthz" | "floor" | None
+    server: str | None = "extauthz"  # "extauthz", a key of FLOORS, or None
     cache: bool = True
     workers: int = 1
     envoy: str | None = None  # "alone" | "jwt_authn" | "jwt_authn_cache" | "extauthz"
-    baseline: str | None = None  # ratio denominator
-    target: float | None = None  # minimum ratio to baseline
+    door: str = "grpc"  # how Envoy's ext_authz asks the server: "grpc" | "http"
+    baseline: str | None = None  # the ratio column's denominator
+    targets: tuple[Target, ...] = ()  # minimum rps ratios to other contenders
+    max_server_cpu_us: float | None = None  # maximum server CPU µs per request
+
+    def __post_init__(self) -> None:
+        if self.server in FLOORS and FLOORS[self.server] != self.door:
+            raise ValueError(f"{self.name}: {self.server} answers {FLOORS[self.server]} only")
 
 
 CONTENDERS: tuple[Contender, ...] = (
     Contender("floor", "grpc", "do-nothing grpc.aio servicer, prebuilt OK", server="floor"),
     Contender("cache_hit", "grpc", "extauthz, RS256, token cache hit", baseline="floor",
-              target=0.9),
+              targets=(Target("floor", 0.9),)),
     Contender("rs256", "grpc", "extauthz, RS256 verified every request", cache=False,
-              baseline="floor", target=0.65),
+              baseline="floor", targets=(Target("floor", 0.65),)),
     Contender("es256", "grpc", "extauthz, ES256 verified every request", alg="ES256",
-              cache=False, baseline="floor", target=0.55),
+              cache=False, baseline="floor", targets=(Target("floor", 0.55),)),
     Contender("eddsa", "grpc", "extauthz, EdDSA verified every request", alg="EdDSA",
-              cache=False, baseline="floor", target=0.5),
+              cache=False, baseline="floor", targets=(Target("floor", 0.5),)),
     Contender("cache_hit_2w", "grpc", "extauthz, 2 workers, RS256 cache hit", workers=2,
               baseline="floor"),
     Contender("rs256_2w", "grpc", "extauthz, 2 workers, RS256 every request", workers=2,
@@ -96,6 +121,26 @@ CONTENDERS: tuple[Contender, ...] = (
               cache=False, envoy="extauthz", baseline="envoy_alone"),
     Contender("envoy_extauthz_cache", "envoy", "Envoy ext_authz -> extauthz, cache hit",
               envoy="extauthz", baseline="envoy_alone"),
+    Contender("envoy_grpc_floor", "http",
+              "ext_authz grpc_service -> do-nothing grpc.aio server", server="floor",
+              envoy="extauthz"),
+    Contender("envoy_http_floor", "http",
+              "ext_authz http_service -> do-nothing httptools Protocol (the door's library)",
+              server="http_floor", envoy="extauthz", door="http", baseline="envoy_grpc_floor"),
+    Contender("envoy_http_floor_aiohttp", "http",
+              "ext_authz http_service -> do-nothing aiohttp low-level server",
+              server="http_floor_aiohttp", envoy="extauthz", door="http",
+              baseline="envoy_http_floor"),
+    Contender("envoy_grpc_cache", "http", "ext_authz grpc_service -> extauthz, cache hit",
+              envoy="extauthz", baseline="envoy_grpc_floor"),
+    Contender("envoy_http_cache", "http",
+              "ext_authz http_service -> extauthz HTTP door, cache hit", envoy="extauthz",
+              door="http", baseline="envoy_http_floor",
+              targets=(Target("envoy_grpc_cache", 2.5), Target("envoy_http_floor", 0.8)),
+              max_server_cpu_us=60),
+    Contender("envoy_http", "http",
+              "ext_authz http_service -> extauthz HTTP door, RS256, cache off", cache=False,
+              envoy="extauthz", door="http", baseline="envoy_http_floor"),
     Contender("latency_envoy_alone", "latency", "Envoy alone, paced", server=None,
               envoy="alone"),
     Contender("latency_envoy_floor", "latency",
@@ -129,12 +174,14 @@ class RunResult:
 @dataclass
 class Started:
     proc: subprocess.Popen[bytes]
-    port: int
+    port: int  # where the load generator or Envoy sends (the HTTP door's port for door="http")
     command: str
     workers: list[int] = field(default_factory=list)
 
 
-def extauthz_config(c: Contender, keys: Keys, port: int, admin_port: int) -> dict[str, Any]:
+def extauthz_config(
+    c: Contender, keys: Keys, port: int, admin_port: int, http_port: int | None = None
+) -> dict[str, Any]:
     server: dict[str, Any] = {
         "listen": f"127.0.0.1:{port}",
         "admin_listen": f"127.0.0.1:{admin_port}",
@@ -143,41 +190,67 @@ def extauthz_config(c: Contender, keys: Keys, port: int, admin_port: int) -> dic
         server["token_cache_size"] = 0
     if c.workers != 1:
         server["workers"] = c.workers
-    return {
-        "server": server,
-        "providers": {
-            PROVIDER: {
-                "issuer": ISSUER,
-                "audiences": [AUDIENCE],
-                "jwks": keys.jwks(),
-                "algorithms": ["RS256", "ES256", "EdDSA"],
-            }
-        },
+    provider: dict[str, Any] = {
+        "issuer": ISSUER,
+        "audiences": [AUDIENCE],
+        "jwks": keys.jwks(),
+        "algorithms": ["RS256", "ES256", "EdDSA"],
     }
+    if http_port is not None:
+        server["http"] = {"listen": f"127.0.0.1:{http_port}"}  # original_request: request
+        provider["claims_to_headers"] = {USER_HEADER: "sub"}  # what the HTTP floors answer
+    return {"server": server, "providers": {PROVIDER: provider}}
+
+
+def wait_http(port: int, proc: subprocess.Popen[bytes], deadline: float, log: Path) -> None:
+    """Something accepts TCP connections on ``port`` (the HTTP door or an HTTP floor)."""
+    while True:
+        rc = proc.poll()
+        if rc is not None:
+            raise BenchError(f"server exited with code {rc} during startup; {tail(log)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"nothing listens on {port} in time ({exc}); {tail(log)}"
+                ) from None
+        time.sleep(0.05)
 
 
 def start_server(c: Contender, keys: Keys, workdir: Path, tag: str) -> Started:
     port = free_port()
+    http_port = free_port() if c.door == "http" and c.server == "extauthz" else None
     log = workdir / f"{tag}.server.log"
     cores = ALL_CORES if c.workers > 1 else SUT_CORES
+    listen = ["--listen", f"127.0.0.1:{port}"]
     if c.server == "floor":
-        cmd = [*taskset(cores), python(), "-m", "bench.floor", "--listen", f"127.0.0.1:{port}"]
+        cmd = [*taskset(cores), python(), "-m", "bench.floor", *listen]
+    elif c.server == "http_floor":
+        cmd = [*taskset(cores), python(), "-m", "bench.http_floor", *listen]
+    elif c.server == "http_floor_aiohttp":
+        cmd = [*taskset(cores), python(), "-m", "bench.http_floor", *listen, "--impl", "aiohttp"]
     else:
         cfg_path = workdir / f"{tag}.extauthz.yaml"
-        cfg_path.write_text(
-            yaml.safe_dump(extauthz_config(c, keys, port, free_port()), sort_keys=False),
-            encoding="utf-8",
-        )
+        cfg = extauthz_config(c, keys, port, free_port(), http_port)
+        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
         cmd = [*taskset(cores), python(), "-m", "extauthz", "serve", "--config", str(cfg_path)]
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             cwd=Path(__file__).resolve().parent.parent,
         )  # fmt: skip
-    started = Started(proc, port, shlex.join(cmd))
+    started = Started(proc, http_port or port, shlex.join(cmd))
+    deadline = time.monotonic() + STARTUP_TIMEOUT
     try:
+        if c.server in FLOORS and FLOORS[c.server] == "http":
+            wait_http(port, proc, deadline, log)
+            return started
         try:
-            wait_grpc_serving(port, proc, time.monotonic() + STARTUP_TIMEOUT, log)
+            wait_grpc_serving(port, proc, deadline, log)
+            if http_port is not None:
+                wait_http(http_port, proc, deadline, log)
         except BenchError as exc:
             if c.workers > 1:
                 raise NotAvailable(f"workers not available: {exc}") from None
@@ -196,6 +269,39 @@ def start_server(c: Contender, keys: Keys, workdir: Path, tag: str) -> Started:
         stop(proc)
         raise
     return started
+
+
+def verify_server(c: Contender, port: int, keys: Keys) -> None:
+    """Ask the server directly, on the door Envoy will use."""
+    if c.door == "http":
+        verify_http(c, port, keys)
+    else:
+        verify_grpc(c, port, keys)
+
+
+def verify_http(c: Contender, port: int, keys: Keys) -> None:
+    """The HTTP door (or floor) allows the sample token with the identity header, and
+    extauthz denies a tampered token and a missing one with 401."""
+    token = keys.sample(c.alg)
+
+    def get(headers: dict[str, str]) -> Response:
+        try:
+            return http_request("127.0.0.1", port, "GET", "/bench", headers=headers)
+        except (OSError, http.client.HTTPException) as exc:
+            raise BenchError(f"request to the HTTP server failed: {exc!r}") from None
+
+    for _ in range(2):  # the second one is a cache hit where a cache is on
+        r = get({"authorization": f"Bearer {token}"})
+        user = r.headers.get(USER_HEADER)
+        if r.status != 200 or user != "bench-user":
+            raise BenchError(f"valid {c.alg} token answered {r.status} with {USER_HEADER} "
+                             f"{user!r}, expected 200 and 'bench-user'")  # fmt: skip
+    if c.server == "extauthz":
+        bad = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+        for what, headers in (("tampered", {"authorization": f"Bearer {bad}"}), ("no", {})):
+            r = get(headers)
+            if r.status != 401:
+                raise BenchError(f"{what} token answered {r.status}, expected 401")
 
 
 def verify_grpc(c: Contender, port: int, keys: Keys) -> None:
@@ -234,7 +340,7 @@ def start_envoy(c: Contender, keys: Keys, workdir: Path, tag: str, authz_port: i
         jwt_authn = jwt_authn_config(keys, c.envoy == "jwt_authn_cache")
     config = bench_bootstrap(
         extauthz_port=authz_port, timeout="1s", ext_authz=c.envoy == "extauthz",
-        jwt_authn=jwt_authn,
+        jwt_authn=jwt_authn, http_service=c.door == "http",
     )  # fmt: skip
     envoy_dir = workdir / f"{tag}.envoy"
     shutil.rmtree(envoy_dir, ignore_errors=True)  # a stale admin-address file would mislead
@@ -255,7 +361,7 @@ def verify_envoy(c: Contender, envoy: EnvoyProcess, keys: Keys) -> None:
         r = envoy.request("GET", "/bench", headers={"authorization": f"Bearer {token}"})
         if r.status != 200:
             raise BenchError(f"valid token through Envoy answered {r.status}, expected 200")
-    if c.envoy != "alone" and c.server != "floor":  # the floor allows everything
+    if c.envoy != "alone" and c.server not in FLOORS:  # the floors allow everything
         try:
             r = envoy.request("GET", "/bench")
         except (OSError, http.client.HTTPException) as exc:
@@ -288,7 +394,7 @@ def run_once(c: Contender, keys: Keys, workdir: Path, tag: str, duration: float,
     try:
         if c.server is not None:
             server = start_server(c, keys, workdir, tag)
-            verify_grpc(c, server.port, keys)
+            verify_server(c, server.port, keys)
         token = keys.sample(c.alg)
         if c.group == "grpc":
             assert server is not None
@@ -318,7 +424,7 @@ def run_once(c: Contender, keys: Keys, workdir: Path, tag: str, duration: float,
         envoy_args: list[str] = list(envoy.proc.args)  # type: ignore[arg-type]
         pids = {"envoy": envoy.proc.pid}
         if server is not None:
-            pids["extauthz"] = server.proc.pid
+            pids["server"] = server.proc.pid
         script = None
         conns = drivers.WRK_CONNECTIONS
         if c.group == "latency":

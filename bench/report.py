@@ -7,6 +7,7 @@ import platform
 import re
 import statistics
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from html import escape
 from importlib import metadata
@@ -21,12 +22,20 @@ from .contenders import (
     ENVOY_CORES,
     LOAD_CORES,
     SUT_CORES,
+    Contender,
     RunResult,
 )
 from .rss import RssResult
 
 P99_ADDED_TARGET_MS = 2.0
 RSS_TARGET_MB = 100.0
+#: The heading of each group's section (what a merge finds it by), in document order.
+TITLES = {
+    "grpc": "Throughput: gRPC Check direct",
+    "envoy": "Throughput: HTTP through Envoy",
+    "http": "HTTP door vs gRPC door through Envoy",
+    "latency": "Latency at a fixed rate through Envoy",
+}
 
 
 @dataclass
@@ -76,7 +85,11 @@ def _cell(o: Outcome) -> str:
 
 
 def _ratio(o: Outcome, outcomes: dict[str, Outcome]) -> float | None:
-    base_name = BY_NAME[o.name].baseline
+    """The ratio to the contender's ``baseline`` (the ratio column)."""
+    return ratio_to(o, BY_NAME[o.name].baseline, outcomes)
+
+
+def ratio_to(o: Outcome, base_name: str | None, outcomes: dict[str, Outcome]) -> float | None:
     base = outcomes.get(base_name) if base_name else None
     if o.rps is None or base is None or not base.rps:
         return None
@@ -89,6 +102,55 @@ def _ratio(o: Outcome, outcomes: dict[str, Outcome]) -> float | None:
 
 def _verdict(ok: bool | None) -> str:
     return "–" if ok is None else ("met" if ok else "**missed**")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One target of a contender: a minimum rps ratio to a baseline, or a maximum of
+    server CPU per request."""
+
+    baseline: str | None  # None: the CPU target
+    limit: float
+    value: float | None  # measured (None: not measured in this run)
+
+    @property
+    def ok(self) -> bool | None:
+        if self.value is None:
+            return None
+        return self.value <= self.limit if self.baseline is None else self.value >= self.limit
+
+    def _measured(self, times: str) -> str:
+        if self.value is None:
+            return "not measured"
+        if self.baseline is None:
+            return _fmt(self.value)
+        return f"{self.value:.2f}{times}"
+
+    def markdown(self, implied_baseline: str | None = None) -> str:
+        """Short when the baseline is the table's (``implied_baseline``), else naming the
+        baseline and the measured figure."""
+        if implied_baseline is not None and self.baseline == implied_baseline:
+            return f"≥ {self.limit:g}× {_verdict(self.ok)}"
+        what = (f"server CPU ≤ {self.limit:g} µs/req" if self.baseline is None
+                else f"≥ {self.limit:g}× `{self.baseline}`")  # fmt: skip
+        verdict = "" if self.ok is None else " " + _verdict(self.ok)
+        return f"{what}: {self._measured('×')}{verdict}"
+
+    def plain(self, implied_baseline: str | None = None) -> str:
+        met = "" if self.ok is None else (" met" if self.ok else " MISSED")
+        if implied_baseline is not None and self.baseline == implied_baseline:
+            return f"target >= {self.limit:g}x:{met}"
+        what = (f"server CPU <= {self.limit:g} us/req" if self.baseline is None
+                else f">= {self.limit:g}x {self.baseline}")  # fmt: skip
+        return f"{what}: {self._measured('x')}{met}"
+
+
+def verdicts(c: Contender, outcomes: dict[str, Outcome]) -> list[Verdict]:
+    o = outcomes[c.name]
+    out = [Verdict(t.baseline, t.min_ratio, ratio_to(o, t.baseline, outcomes)) for t in c.targets]
+    if c.max_server_cpu_us is not None:
+        out.append(Verdict(None, c.max_server_cpu_us, o.cpu_us("server")))
+    return out
 
 
 def _cmd(args: list[str]) -> str:
@@ -124,6 +186,8 @@ def machine_info() -> dict[str, str]:
         "grpcio": ver("grpcio"),
         "protobuf": ver("protobuf"),
         "joserfc": ver("joserfc"),
+        "httptools": ver("httptools"),
+        "aiohttp": ver("aiohttp"),
         "extauthz": ver("extauthz"),
         "envoy": m.group(1) if m else envoy,
         "h2load": _cmd(["h2load", "--version"]),
@@ -135,11 +199,11 @@ def core_split() -> str:
     if SUT_CORES is None:
         return "1 core: no pinning (server, Envoy and load generator share it)."
     return (
-        f"The gRPC server (floor or extauthz, 1 worker) alone on core {SUT_CORES} "
+        f"The authorization server (a floor or extauthz, 1 worker) alone on core {SUT_CORES} "
         f"(`taskset -c {SUT_CORES}`); the load generator (h2load / wrk) and the orchestrator "
         f"on core {LOAD_CORES}. Envoy (`--concurrency 1`, all threads pinned with "
         f"`taskset -a -p -c {ENVOY_CORES}`) shares core {ENVOY_CORES} with wrk, so behind "
-        f"Envoy extauthz keeps core {SUT_CORES} to itself as in the direct runs; the Envoy "
+        f"Envoy the server keeps core {SUT_CORES} to itself as in the direct runs; the Envoy "
         "rows without ext_authz leave that core idle. Two-worker runs (`*_2w`): workers and "
         f"h2load all on cores {ALL_CORES} (they cannot be separated on 2 cores), so their rps "
         "is *not* comparable 1:1 with the 1-worker rows; compare their CPU µs/request, "
@@ -194,16 +258,29 @@ def markdown(
              "which cancels slow drift of this VM's speed. Method: a Python gRPC server's "
              "throughput is bounded by grpcio's own per-call cost, so what counts are ratios "
              "measured side by side in one run, to a do-nothing `grpc.aio` Check server "
-             "(`floor`) when calling directly and to Envoy alone through Envoy. h2load sends "
+             "(`floor`) when calling directly, to Envoy alone through Envoy, and for the two "
+             "doors to do-nothing servers behind the same Envoy. h2load sends "
              "gRPC requests (a serialized CheckRequest behind the 5-byte gRPC frame header; "
              "`content-type: application/grpc`, `te: trailers`) straight to the server, wrk "
              "sends HTTP through Envoy. CPU µs/req is the user + system CPU time of the "
              "process and its children (`/proc/<pid>/stat`) over the run, divided by the "
-             "requests answered. Regenerate with `python -m bench`.\n")  # fmt: skip
+             "requests answered. Regenerate with `python -m bench` (one group: "
+             "`python -m bench --only GROUP`, then `python -m bench.merge`).\n")  # fmt: skip
     if svg_name:
         L.append(f"![throughput chart]({svg_name})\n")
+    for render in SECTIONS.values():
+        L.extend(render(outcomes))
+    L.extend(memory_section(rss, rss_error))
+    L.extend(machine_section(info))
+    L.extend(commands_section(outcomes, rss))
+    L.append(LIMITS)
+    return "\n".join(L)
 
-    L.append("## Throughput: gRPC Check direct (h2load)\n")
+
+def grpc_section(outcomes: dict[str, Outcome]) -> list[str]:
+    if not any(c.group == "grpc" and c.name in outcomes for c in CONTENDERS):
+        return []
+    L = [f"## {TITLES['grpc']} (h2load)\n"]
     L.append(
         "| contender | what | median rps | × floor | target | server CPU µs/req | runs (rps) |"
     )
@@ -213,18 +290,20 @@ def markdown(
             continue
         o = outcomes[c.name]
         r = _ratio(o, outcomes)
-        target = "–"
-        if c.target is not None:
-            target = f"≥ {c.target:g}× " + _verdict(None if r is None else r >= c.target)
+        target = "; ".join(v.markdown(c.baseline) for v in verdicts(c, outcomes)) or "–"
         cpu = _fmt(o.cpu_us(), ",.0f")
         if c.workers > 1 and o.runs:
             cpu += f" ({o.per_worker_cpu()})"
-        runs = ", ".join(f"{x.rps:,.0f}" for x in o.runs) or o.message
         L.append(f"| `{c.name}` | {c.what} | {_cell(o)} | {_fmt(r, '.2f')} | {target} | "
-                 f"{cpu} | {runs} |")  # fmt: skip
+                 f"{cpu} | {_runs(o)} |")  # fmt: skip
     L.append("")
+    return L
 
-    L.append("## Throughput: HTTP through Envoy (wrk)\n")
+
+def envoy_section(outcomes: dict[str, Outcome]) -> list[str]:
+    if not any(c.group == "envoy" and c.name in outcomes for c in CONTENDERS):
+        return []
+    L = [f"## {TITLES['envoy']} (wrk)\n"]
     L.append("| contender | what | median rps | × envoy_alone | Envoy CPU µs/req | "
              "extauthz CPU µs/req | runs (rps) |")  # fmt: skip
     L.append("|---|---|---:|---:|---:|---:|---|")
@@ -233,85 +312,178 @@ def markdown(
             continue
         o = outcomes[c.name]
         r = _ratio(o, outcomes)
-        runs = ", ".join(f"{x.rps:,.0f}" for x in o.runs) or o.message
-        ext = _fmt(o.cpu_us("extauthz")) if c.server else "–"
+        ext = _fmt(o.cpu_us("server")) if c.server else "–"
         L.append(f"| `{c.name}` | {c.what} | {_cell(o)} | {_fmt(r, '.2f')} | "
-                 f"{_fmt(o.cpu_us('envoy'))} | {ext} | {runs} |")  # fmt: skip
+                 f"{_fmt(o.cpu_us('envoy'))} | {ext} | {_runs(o)} |")  # fmt: skip
     L.append("")
+    return L
 
+
+def http_section(outcomes: dict[str, Outcome]) -> list[str]:
+    rows = [c for c in CONTENDERS if c.group == "http" and c.name in outcomes]
+    if not rows:
+        return []
+    L = [f"## {TITLES['http']} (wrk)\n"]
+    L.append("The same Envoy (one worker thread, `direct_response`), wrk and core split as "
+             "the other Envoy rows; ext_authz asks the server on core 0 over gRPC (`grpc_service`, "
+             "HTTP/2, one connection) or over HTTP/1.1 (`http_service`: `allowed_headers` "
+             "`authorization`, `authorization_response.allowed_upstream_headers` `x-user-id`, "
+             "timeout 1 s, `failure_mode_allow: false`; a pool of kept-alive connections, one "
+             "request at a time on each). On the gRPC door extauthz runs the config of "
+             "`envoy_extauthz_cache`; the HTTP door's runs add `server.http` (`request` "
+             "mode) and `claims_to_headers: {x-user-id: sub}`, so that its answer carries "
+             "the header the HTTP floors send. The floors allow every "
+             "request without looking at it: `bench/floor.py` (grpc.aio), "
+             "`bench/http_floor.py` (an asyncio Protocol on httptools, as the door is "
+             "written, answering `200` with `x-user-id`; `--impl aiohttp`: the same from "
+             "an aiohttp low-level server). Server CPU is the floor's or extauthz's "
+             "process.\n")  # fmt: skip
+    L.append("| contender | what | median rps | ratio | server CPU µs/req | Envoy CPU µs/req "
+             "| targets | runs (rps) |")  # fmt: skip
+    L.append("|---|---|---:|---|---:|---:|---|---|")
+    for c in rows:
+        o = outcomes[c.name]
+        r = _ratio(o, outcomes)
+        ratio = f"{r:.2f}× `{c.baseline}`" if r is not None else "–"
+        targets = "; ".join(v.markdown() for v in verdicts(c, outcomes)) or "–"
+        L.append(f"| `{c.name}` | {c.what} | {_cell(o)} | {ratio} | "
+                 f"{_fmt(o.cpu_us('server'))} | {_fmt(o.cpu_us('envoy'))} | {targets} | "
+                 f"{_runs(o)} |")  # fmt: skip
+    L.append("")
+    L.append(which_door(outcomes))
+    return L
+
+
+def which_door(outcomes: dict[str, Outcome]) -> str:
+    """The "Which door" paragraph; its figures come from ``outcomes`` when measured."""
+    figures = ""
+    g, h = outcomes.get("envoy_grpc_cache"), outcomes.get("envoy_http_cache")
+    if g is not None and h is not None:
+        gs, hs = g.cpu_us("server"), h.cpu_us("server")
+        ge, he = g.cpu_us("envoy"), h.cpu_us("envoy")
+        r = ratio_to(h, g.name, outcomes)
+        if gs and hs and ge and he and r:
+            less = f"{gs / hs:.1f}× less" if hs < gs else f"{hs / gs:.1f}× more"
+            figures = (f" Behind Envoy, on a token-cache hit here, extauthz spent {hs:,.0f} µs "
+                       f"of CPU per request through the HTTP door against {gs:,.0f} µs "
+                       f"through the gRPC door ({less}), Envoy {he:,.0f} against {ge:,.0f} "
+                       f"µs, and the pair answered {r:.2f}× the requests per second")  # fmt: skip
+            cheaper = hs < gs and he < ge
+            figures += ": where CPU counts, it is the cheaper door." if cheaper else "."
+    return ("**Which door.** Choose the HTTP door (`server.http`) for proxies that can only "
+            "ask over HTTP (NGINX `auth_request`, Traefik `ForwardAuth`, Caddy "
+            f"`forward_auth`).{figures} Choose the gRPC door when a route needs what "
+            "`http_service` cannot carry: per-route `context_extensions` (no "
+            "`extauthz_rule` per route: over HTTP extauthz picks the rule from the path, "
+            "method and host), the request body (sent only with `with_request_body`; "
+            "extauthz never reads it anyway), and dynamic metadata other than the strings "
+            "`dynamic_metadata_from_headers` copies from the answer's headers (the gRPC "
+            "door returns `provider`, `rule`, `iss`, `sub` and `claims`).\n")  # fmt: skip
+
+
+def latency_section(outcomes: dict[str, Outcome]) -> list[str]:
     lat = [c for c in CONTENDERS if c.group == "latency" and c.name in outcomes]
-    if lat:
-        L.append(f"## Latency at a fixed rate through Envoy (wrk, {drivers.PACED_CONNECTIONS} "
-                 f"connections × {drivers.PACED_DELAY_MS} ms delay() ≈ 1000 rps)\n")  # fmt: skip
-        L.append("| contender | achieved rps | p50 ms | p90 ms | p99 ms | added p50 | "
-                 "added p90 | added p99 | target (added p99) |")  # fmt: skip
-        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
-        for c in lat:
-            o = outcomes[c.name]
-            base = outcomes.get(c.baseline) if c.baseline else None
-            added = {}
-            for pct in ("50", "90", "99"):
-                v, b = o.latency(pct), base.latency(pct) if base else None
-                added[pct] = None if v is None or b is None else v - b
-            target = "–"
-            if c.baseline:
-                a = added["99"]
-                target = f"≤ {P99_ADDED_TARGET_MS:g} ms " + _verdict(
-                    None if a is None else a <= P99_ADDED_TARGET_MS
-                )
-            if o.status != "ok":
-                L.append(f"| `{c.name}` | {_cell(o)}: {o.message} | | | | | | | |")
-                continue
-            L.append(
-                f"| `{c.name}` | {_fmt(o.rps)} | {_fmt(o.latency('50'), '.2f')} | "
-                f"{_fmt(o.latency('90'), '.2f')} | {_fmt(o.latency('99'), '.2f')} | "
-                f"{_fmt(added['50'], '+.2f') if c.baseline else '–'} | "
-                f"{_fmt(added['90'], '+.2f') if c.baseline else '–'} | "
-                f"{_fmt(added['99'], '+.2f') if c.baseline else '–'} | {target} |"
+    if not lat:
+        return []
+    L = [f"## {TITLES['latency']} (wrk, {drivers.PACED_CONNECTIONS} connections × "
+         f"{drivers.PACED_DELAY_MS} ms delay() ≈ 1000 rps)\n"]  # fmt: skip
+    L.append("| contender | achieved rps | p50 ms | p90 ms | p99 ms | added p50 | "
+             "added p90 | added p99 | target (added p99) |")  # fmt: skip
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for c in lat:
+        o = outcomes[c.name]
+        base = outcomes.get(c.baseline) if c.baseline else None
+        added = {}
+        for pct in ("50", "90", "99"):
+            v, b = o.latency(pct), base.latency(pct) if base else None
+            added[pct] = None if v is None or b is None else v - b
+        target = "–"
+        if c.baseline:
+            a = added["99"]
+            target = f"≤ {P99_ADDED_TARGET_MS:g} ms " + _verdict(
+                None if a is None else a <= P99_ADDED_TARGET_MS
             )
-        L.append("\nPercentiles are wrk's own `--latency` distribution (50/75/90/99 printed; "
-                 "90 and 99 are exact from its HdrHistogram), median over runs.\n")  # fmt: skip
+        if o.status != "ok":
+            L.append(f"| `{c.name}` | {_cell(o)}: {o.message} | | | | | | | |")
+            continue
+        L.append(
+            f"| `{c.name}` | {_fmt(o.rps)} | {_fmt(o.latency('50'), '.2f')} | "
+            f"{_fmt(o.latency('90'), '.2f')} | {_fmt(o.latency('99'), '.2f')} | "
+            f"{_fmt(added['50'], '+.2f') if c.baseline else '–'} | "
+            f"{_fmt(added['90'], '+.2f') if c.baseline else '–'} | "
+            f"{_fmt(added['99'], '+.2f') if c.baseline else '–'} | {target} |"
+        )
+    L.append("\nPercentiles are wrk's own `--latency` distribution (50/75/90/99 printed; "
+             "90 and 99 are exact from its HdrHistogram), median over runs.\n")  # fmt: skip
+    return L
 
-    if rss is not None or rss_error is not None:
-        L.append("## Memory\n")
-        L.append("| contender | tokens | RSS at start MB | VmHWM MB | RSS at end MB | target |")
-        L.append("|---|---:|---:|---:|---:|---|")
-        if rss is not None:
-            L.append(f"| `rss` | {rss.tokens:,} distinct EdDSA | {rss.rss_start_mb:.1f} | "
-                     f"{rss.hwm_mb:.1f} | {rss.rss_end_mb:.1f} | ≤ {RSS_TARGET_MB:g} MB "
-                     f"{_verdict(rss.hwm_mb <= RSS_TARGET_MB)} |")  # fmt: skip
-            L.append(f"\nOne worker, default `token_cache_size` (100,000): every token is a "
-                     f"miss that is verified and cached; {rss.tokens:,} Check calls in "
-                     f"{rss.seconds:.1f} s from {4} gRPC channels × 16 in flight. VmHWM is "
-                     "the peak resident set from `/proc/<pid>/status`.\n")  # fmt: skip
-        else:
-            L.append(f"| `rss` | error | | | | {rss_error} |\n")
 
-    L.append("## Machine\n")
+#: The sections of the contender groups, in document order (keys of TITLES).
+SECTIONS: dict[str, Callable[[dict[str, Outcome]], list[str]]] = {
+    "grpc": grpc_section,
+    "envoy": envoy_section,
+    "http": http_section,
+    "latency": latency_section,
+}
+
+
+def memory_section(rss: RssResult | None, rss_error: str | None) -> list[str]:
+    if rss is None and rss_error is None:
+        return []
+    L = ["## Memory\n"]
+    L.append("| contender | tokens | RSS at start MB | VmHWM MB | RSS at end MB | target |")
+    L.append("|---|---:|---:|---:|---:|---|")
+    if rss is not None:
+        L.append(f"| `rss` | {rss.tokens:,} distinct EdDSA | {rss.rss_start_mb:.1f} | "
+                 f"{rss.hwm_mb:.1f} | {rss.rss_end_mb:.1f} | ≤ {RSS_TARGET_MB:g} MB "
+                 f"{_verdict(rss.hwm_mb <= RSS_TARGET_MB)} |")  # fmt: skip
+        L.append(f"\nOne worker, default `token_cache_size` (100,000): every token is a "
+                 f"miss that is verified and cached; {rss.tokens:,} Check calls in "
+                 f"{rss.seconds:.1f} s from {4} gRPC channels × 16 in flight. VmHWM is "
+                 "the peak resident set from `/proc/<pid>/status`.\n")  # fmt: skip
+    else:
+        L.append(f"| `rss` | error | | | | {rss_error} |\n")
+    return L
+
+
+def machine_section(info: dict[str, str]) -> list[str]:
+    L = ["## Machine\n"]
     L.append("| | |\n|---|---|")
     for key, val in info.items():
         L.append(f"| {key} | {val} |")
     L.append(f"\n**Core split.** {core_split()}\n")
+    return L
 
-    L.append("## Commands\n")
+
+def command_lines(name: str, outcomes: dict[str, Outcome]) -> list[str]:
+    """``# name`` and the commands of the contender's last run (none if it never ran)."""
+    done = outcomes.get(name)
+    if done is None or not done.runs:
+        return []
+    return [f"# {name}", *(portable(cmd) for cmd in done.runs[-1].commands)]
+
+
+def commands_section(outcomes: dict[str, Outcome], rss: RssResult | None) -> list[str]:
+    L = ["## Commands\n"]
     L.append("Exact commands of the last run of each contender (ports are picked per run; "
              "paths are relative to the repository's root, `$WORKDIR` is the run's "
              "`--workdir`, a new temporary directory by default):\n")  # fmt: skip
     L.append("```sh")
     for c in CONTENDERS:
-        done = outcomes.get(c.name)
-        if done and done.runs:
-            L.append(f"# {c.name}")
-            L.extend(portable(cmd) for cmd in done.runs[-1].commands)
+        L.extend(command_lines(c.name, outcomes))
     if rss is not None:
         L.append("# rss (client: grpc.aio in the bench process)")
         L.append(portable(rss.command))
     L.append("```\n")
     L.append("extauthz config of the `rs256` runs (ports vary; the others differ only in "
-             "`token_cache_size` (default 100000 = cache on) and `workers`):\n")  # fmt: skip
+             "`token_cache_size` (default 100000 = cache on) and `workers`; the HTTP door's "
+             "add `http: {listen: ...}` and `claims_to_headers: {x-user-id: sub}`):\n")  # fmt: skip
     L.append("```yaml\n" + _sample_config() + "```\n")
-    L.append(LIMITS)
-    return "\n".join(L)
+    return L
+
+
+def _runs(o: Outcome) -> str:
+    return ", ".join(f"{x.rps:,.0f}" for x in o.runs) or o.message
 
 
 def _sample_config() -> str:
@@ -354,6 +526,18 @@ LIMITS = """## What limits each number
   with the do-nothing floor as the authorization server, so it is Envoy's cost, not
   extauthz's), and the pair Envoy ↔ extauthz is a request/response ping-pong across
   cores with little batching, so extauthz's CPU per request is higher than under h2load.
+- **HTTP door vs gRPC door**: the same Envoy, wrk and cores as above; only the side
+  call differs. Over gRPC, Envoy builds a CheckRequest, frames it on one HTTP/2
+  connection and parses a CheckResponse; the server pays grpcio's per-call cost (the
+  `envoy_grpc_floor` row). Over HTTP, Envoy sends the request's head (the allowed
+  headers, no body) on a kept-alive HTTP/1.1 connection and reads a bodiless answer;
+  the server parses it with httptools (`envoy_http_floor`; aiohttp's request and
+  response objects cost more, `envoy_http_floor_aiohttp`). What extauthz adds on top of
+  each floor is its decision (shared by both doors) and each door's translation to and
+  from it. Which core sets the pace: a row whose server CPU µs/req × rps is close to one
+  second per second is bounded by the server on core 0 (the gRPC rows); the HTTP floors
+  leave core 0 mostly idle and are bounded by Envoy + wrk on core 1, so their rps differ
+  less than their CPU per request does.
 - **Latency**: paced load (≈ 1000 rps, well under capacity), so the added latency is the
   ext_authz round trip (Envoy → extauthz → Envoy) plus scheduling; p99 is sensitive to
   scheduler noise on a 2-core VM (Python GC pauses, the 0.2 s readiness loop, wrk and
@@ -367,10 +551,13 @@ LIMITS = """## What limits each number
 
 
 def svg_chart(outcomes: dict[str, Outcome]) -> str:
-    """Two panels of horizontal bars (own scale each): direct gRPC and through Envoy."""
+    """Panels of horizontal bars (own scale each): direct gRPC, through Envoy, and the
+    two doors through Envoy."""
     panels = []
     for group, title in (("grpc", "gRPC Check direct (h2load), median rps"),
-                         ("envoy", "HTTP through Envoy (wrk), median rps")):  # fmt: skip
+                         ("envoy", "HTTP through Envoy (wrk), median rps"),
+                         ("http", "HTTP door vs gRPC door through Envoy (wrk), median rps"),
+                         ):  # fmt: skip
         rows = [(c, outcomes[c.name]) for c in CONTENDERS
                 if c.group == group and c.name in outcomes]  # fmt: skip
         if rows:
@@ -415,12 +602,11 @@ def stdout_table(outcomes: dict[str, Outcome], rss: RssResult | None, rss_error:
     lines = [f"{'contender':<30} {'median rps':>12} {'ratio':>8}  target / latency"]
     for c in CONTENDERS:
         o = outcomes.get(c.name)
-        if o is None:
+        if o is None or c.group == "http":
             continue
         r = _ratio(o, outcomes)
-        extra = ""
-        if c.target is not None and r is not None:
-            extra = f"target >= {c.target:g}x: {'met' if r >= c.target else 'MISSED'}"
+        measured = [v for v in verdicts(c, outcomes) if v.ok is not None]
+        extra = "; ".join(v.plain(c.baseline) for v in measured)
         if c.group == "latency" and o.status == "ok":
             extra = "p50/p90/p99 " + "/".join(_fmt(o.latency(p), ".2f") for p in ("50", "90", "99"))
             extra += " ms"
@@ -440,4 +626,25 @@ def stdout_table(outcomes: dict[str, Outcome], rss: RssResult | None, rss_error:
                      f"{'met' if rss.hwm_mb <= RSS_TARGET_MB else 'MISSED'}")  # fmt: skip
     elif rss_error is not None:
         lines.append(f"{'rss':<30} {'error':>12}  {rss_error}")
+    http = [c for c in CONTENDERS if c.group == "http" and c.name in outcomes]
+    if http:
+        if len(lines) == 1:
+            lines.clear()  # nothing but the HTTP doors: no empty table above them
+        else:
+            lines.append("")
+        lines.append(TITLES["http"] + " (CPU: us per request)")
+        lines.append(f"{'contender':<30} {'median rps':>12} {'ratio':>6} {'to':<18} "
+                     f"{'server':>7} {'envoy':>7}  targets")  # fmt: skip
+        for c in http:
+            o = outcomes[c.name]
+            r = _ratio(o, outcomes)
+            extra = (
+                o.message
+                if o.status == "error"
+                else "; ".join(v.plain() for v in verdicts(c, outcomes))
+            )
+            lines.append(f"{c.name:<30} {_cell(o):>12} {_fmt(r, '.2f'):>6} "
+                         f"{(c.baseline or '') if r is not None else '':<18} "
+                         f"{_fmt(o.cpu_us('server')):>7} {_fmt(o.cpu_us('envoy')):>7}  "
+                         f"{extra}")  # fmt: skip
     return "\n".join(lines)

@@ -1,0 +1,307 @@
+"""``python -m bench.dpop``: what a DPoP (RFC 9449) request costs extauthz next to a
+Bearer request, in one process.
+
+    python -m bench.dpop                             # 2000 decisions x 5 repeats per case
+    python -m bench.dpop --iterations 50 --repeat 1  # smoke: correctness only
+    python -m bench.dpop --redis redis://127.0.0.1:6379/0
+
+Every case sends prepared requests through ``Authorizer.check``, the call the gRPC door
+makes for each Check, and times the loop with ``time.process_time``: this process's CPU,
+no front door, no sockets but Redis's. Tokens and proofs are made before the clock
+starts; every answer must be an allow, so a denial can never pass for a fast decision.
+Without ``--redis``, a ``redis-server`` found on PATH is started on a free loopback port
+without persistence (on the other core when there are two) and stopped at the end.
+"""
+# ruff: noqa: RUF001  (typographic dashes and the multiplication sign are intended)
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from extauthz import config, logs
+from extauthz import replay as replay_store
+from extauthz.authorizer import Authorizer
+from extauthz.core.policy import Policy
+from extauthz.core.request import AuthRequest
+from extauthz.dev.client import ClientKey, generate_key, make_proof, thumbprint
+from extauthz.keys.source import InlineFetcher, KeySource
+from extauthz.replay import MEMORY_ENTRIES, ReplayStore
+
+from .common import (
+    AUDIENCE,
+    ISSUER,
+    NPROC,
+    PROVIDER,
+    BenchError,
+    Keys,
+    free_port,
+    stop,
+    tail,
+    taskset,
+)
+from .contenders import LOAD_CORES, SUT_CORES
+
+HOST = "api.bench.local"
+PATH = "/orders"
+URL = f"https://{HOST}{PATH}"
+WARMUP = 20  # untimed decisions per run: the first Bearer one fills the token cache
+BASELINES = ("bearer_cached", "bearer_verify")
+
+
+def _request(authorization: str, proof: str | None = None) -> AuthRequest:
+    # The headers the gRPC door hands over for a typical proxied request.
+    headers = {
+        ":authority": HOST, ":method": "GET", ":path": PATH, "user-agent": "bench/1",
+        "x-request-id": "00000000-0000-4000-8000-000000000000", "authorization": authorization,
+    }  # fmt: skip
+    if proof is not None:
+        headers["dpop"] = proof
+    return AuthRequest(method="GET", scheme="https", host=HOST, path=PATH, headers=headers)
+
+
+@dataclass
+class Case:
+    name: str
+    what: str
+    make: Callable[[int], list[AuthRequest]]  # n requests for one run, made untimed
+    store: str = "memory"  # "memory" or "redis"
+    cpu_us: list[float] = field(default_factory=list)  # per repeat
+    wall_us: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Bench:
+    keys: Keys
+    client: ClientKey  # the DPoP client's key (ES256)
+    client_ed: ClientKey  # another client's, Ed25519
+    minted: int = 0
+
+    def bound(self, key: ClientKey) -> str:
+        return self.keys.token("EdDSA", cnf={"jkt": thumbprint(key)})
+
+    def fresh_tokens(self, n: int) -> list[AuthRequest]:
+        # Distinct tokens in every run: each is a cache miss, verified afresh.
+        first, self.minted = self.minted, self.minted + n
+        return [_request(f"Bearer {self.keys.token('EdDSA', jti=f'b-{i}')}")
+                for i in range(first, first + n)]  # fmt: skip
+
+    def proofs(self, key: ClientKey, token: str, n: int) -> list[AuthRequest]:
+        # A new proof (new jti) per request, as a client must send; iat is now, well
+        # inside max_age + clock_skew (180 s) while the run lasts.
+        return [_request(f"DPoP {token}", make_proof(key, method="GET", url=URL, token=token))
+                for _ in range(n)]  # fmt: skip
+
+
+def cases(b: Bench) -> list[Case]:
+    cached = b.keys.sample("EdDSA")
+    es_token, ed_token = b.bound(b.client), b.bound(b.client_ed)
+    return [
+        Case("bearer_cached", "one EdDSA Bearer token, repeated (allow memo hit)",
+             lambda n: [_request(f"Bearer {cached}")] * n),
+        Case("bearer_verify", "a new EdDSA Bearer token each request (verified)",
+             b.fresh_tokens),
+        Case("dpop_memory", "EdDSA DPoP-bound token, new ES256 proof, memory store",
+             lambda n: b.proofs(b.client, es_token, n)),
+        Case("dpop_memory_eddsa_proof", "the same, the proof signed with Ed25519",
+             lambda n: b.proofs(b.client_ed, ed_token, n)),
+        Case("dpop_redis", "as dpop_memory, replay store in Redis (one SET NX)",
+             lambda n: b.proofs(b.client, es_token, n), store="redis"),
+    ]  # fmt: skip
+
+
+def provider_config(keys: Keys, store: str) -> config.Config:
+    # One provider accepting both schemes (dpop: {}), so only the request differs.
+    return config.from_mapping({
+        "server": {"admin_listen": None, "replay_store": store},
+        "providers": {PROVIDER: {
+            "issuer": ISSUER, "audiences": [AUDIENCE], "jwks": keys.jwks(("EdDSA",)),
+            "algorithms": ["EdDSA"], "dpop": {},
+        }},
+    })  # fmt: skip
+
+
+async def authorizer(keys: Keys, cfg: config.Config, replay: ReplayStore) -> Authorizer:
+    # As the server builds it, with the inline JWKS loaded before the first request.
+    sources = {}
+    for name, prov in cfg.providers.items():
+        source = KeySource(name, prov, InlineFetcher(keys.jwks(("EdDSA",))))
+        if not await source.refresh("startup"):
+            raise BenchError(f"provider {name}: keys did not load")
+        sources[name] = source
+    return Authorizer(Policy(cfg), sources, replay=replay)
+
+
+async def decide_all(auth: Authorizer, requests: list[AuthRequest], case: str) -> None:
+    for req in requests:
+        d = await auth.check(req)
+        if not d.allowed:
+            raise BenchError(f"{case}: denied ({d.reason}: {d.description})")
+
+
+async def run_once(case: Case, b: Bench, redis_url: str | None, n: int) -> None:
+    store = redis_url if case.store == "redis" and redis_url else "memory"
+    cfg = provider_config(b.keys, store)
+    # A new authorizer and store per run, built from server.replay_store as the server
+    # does: empty caches, an empty memory store; the warm-up opens Redis's connection.
+    replay = replay_store.build(cfg.server.replay_store)
+    try:
+        auth = await authorizer(b.keys, cfg, replay)
+        await decide_all(auth, case.make(WARMUP), case.name)
+        requests = case.make(n)
+        gc.collect()  # not the previous run's garbage on this run's clock
+        cpu, wall = time.process_time(), time.perf_counter()
+        await decide_all(auth, requests, case.name)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    finally:
+        await replay.close()
+    case.cpu_us.append(cpu / n * 1e6)
+    case.wall_us.append(wall / n * 1e6)
+
+
+async def measure(chosen: list[Case], b: Bench, redis_url: str | None, n: int, r: int) -> None:
+    for rep in range(r):
+        # Cases alternate, reversed on odd repeats, as in `python -m bench`: a slow drift
+        # of the machine's speed then weighs on no case more than on another.
+        for case in chosen if rep % 2 == 0 else chosen[::-1]:
+            await run_once(case, b, redis_url, n)
+            print(f"  [{rep + 1}/{r}] {case.name}: {case.cpu_us[-1]:,.1f} µs CPU",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str | None]:
+    """A throwaway redis-server on loopback, no RDB or AOF; None if not installed."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    import redis
+
+    with tempfile.TemporaryDirectory(prefix="extauthz-bench-redis-") as workdir:
+        log, port = Path(workdir) / "redis.log", free_port()
+        args = [*taskset(LOAD_CORES), binary, "--port", str(port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", workdir, "--logfile", ""]  # fmt: skip
+        with log.open("wb") as out:
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT)  # fmt: skip
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise BenchError(f"redis-server did not start on port {port}; {tail(log)}")
+                with contextlib.suppress(redis.RedisError):
+                    # This redis-server answering, not something else on the port.
+                    if client.info("server")["process_id"] == proc.pid:
+                        break
+                time.sleep(0.05)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            client.close()
+            stop(proc)
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def commit() -> str:
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, check=False,
+                             cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+        return out.stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    # Server code that differs from the commit is not the commit: say so.
+    dirty = git("status", "--porcelain", "--", "extauthz")
+    return head + (" + uncommitted changes to extauthz/" if dirty else "")
+
+
+def _range(vals: list[float]) -> str:
+    med = statistics.median(vals)
+    return f"{med:,.1f} [{min(vals):,.1f}–{max(vals):,.1f}]"
+
+
+def _ratio(case: Case, base: Case | None) -> str:
+    if base is None or not base.cpu_us or not case.cpu_us:
+        return "–"
+    # Paired by repeat (each run over its own repeat's baseline), as `python -m bench` does.
+    return f"{statistics.median(c / b for c, b in zip(case.cpu_us, base.cpu_us, strict=True)):.2f}×"
+
+
+def table(all_cases: list[Case], why_missing: dict[str, str]) -> str:
+    by_name = {c.name: c for c in all_cases}
+    lines = [
+        "| case | what | CPU µs/decision median [min–max] | × bearer_cached "
+        "| × bearer_verify | wall µs/decision |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for c in all_cases:
+        if not c.cpu_us:
+            lines.append(f"| `{c.name}` | {c.what} | n/a ({why_missing[c.name]}) | – | – | – |")
+            continue
+        ratios = " | ".join(_ratio(c, by_name.get(b)) for b in BASELINES)
+        lines.append(f"| `{c.name}` | {c.what} | {_range(c.cpu_us)} | {ratios} "
+                     f"| {statistics.median(c.wall_us):,.1f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.dpop", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--iterations", type=int, default=2000, help="timed decisions per run")
+    p.add_argument("--repeat", type=int, default=5, help="runs per case (default 5)")
+    p.add_argument("--redis", help="replay store for dpop_redis (default: start redis-server)")
+    args = p.parse_args(argv)
+    n, r = max(1, args.iterations), max(1, args.repeat)
+    if n + WARMUP > MEMORY_ENTRIES:  # the memory store refuses when full: denials
+        p.error(f"--iterations: at most {MEMORY_ENTRIES - WARMUP}")
+
+    logs.configure("warning")  # not a "jwks_changed" line per run
+    b = Bench(Keys.generate(), generate_key("ES256"), generate_key("EdDSA"))
+    all_cases = cases(b)
+    why_missing: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        redis_url = args.redis or stack.enter_context(redis_server())
+        if redis_url is None:
+            why_missing["dpop_redis"] = "no redis-server on PATH; pass --redis URL"
+        chosen = [c for c in all_cases if c.store == "memory" or redis_url]
+        if SUT_CORES is not None and len(os.sched_getaffinity(0)) == NPROC:
+            # Unless pinned by the caller: the server's core, as in `python -m bench`
+            # (redis-server runs on the load generator's).
+            os.sched_setaffinity(0, {int(SUT_CORES)})
+        print(f"bench.dpop: {len(chosen)} cases, {r} x {n:,} decisions", file=sys.stderr)
+        asyncio.run(measure(chosen, b, redis_url, n, r))
+
+    info: dict[str, Any] = {
+        "commit": commit(), "python": platform.python_version(),
+        "cryptography": _version("cryptography"), "joserfc": _version("joserfc"),
+        "redis-py": _version("redis"), "cores": sorted(os.sched_getaffinity(0)),
+    }  # fmt: skip
+    print(table(all_cases, why_missing))
+    print(f"\n{n:,} decisions x {r} repeat(s) per case; "
+          + ", ".join(f"{k} {v}" for k, v in info.items()))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
