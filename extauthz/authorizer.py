@@ -166,6 +166,8 @@ class Authorizer:
             log(
                 "allowed" if decision.allowed else "denied",
                 reason=decision.reason,
+                # Our own words (fixed, or naming configured claims): never client data.
+                description=decision.description or None,
                 status=status,
                 front_door=front_door,
                 rule=decision.rule,

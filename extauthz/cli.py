@@ -271,6 +271,12 @@ def cmd_dpop_proof(args: argparse.Namespace) -> int:
     key = _client_key("--key", args.key, create=False)
     if key is None:
         return EXIT_CONFIG
+    if args.token is None:
+        print(
+            "warning: no --token: the proof has no ath, which extauthz (a resource "
+            "server) requires; such a proof only suits a token request",
+            file=sys.stderr,
+        )
     print(client.make_proof(key, method=args.method, url=args.url, token=args.token))
     return 0
 

@@ -151,6 +151,8 @@ class TokenSource(_Model):
 
     def describe(self) -> str:
         if self.header is not None:
+            if self.prefix is not None and self.prefix.lower() == "bearer ":
+                return f"header {self.header} (Bearer or DPoP)"  # see core/tokens.py
             return f"header {self.header}" + (f" ({self.prefix.strip()})" if self.prefix else "")
         if self.cookie is not None:
             return f"cookie {self.cookie}"

@@ -111,7 +111,7 @@ class Denied(ExtAuthzError):
 class MissingToken(Denied):
     kind = DenyKind.MISSING_TOKEN
     reason = "missing_token"
-    description = "a bearer token is required"
+    description = "an access token is required"
 
 
 class NoRuleMatched(Denied):

@@ -215,6 +215,8 @@ def verify_proof(
     if not now - settings.max_age - clock_skew <= iat <= now + clock_skew:
         raise InvalidDpopProof("DPoP proof too old or from the future")
     ath = claims.get("ath")
+    if ath is None:  # a proof made for a token request, not for using the token
+        raise InvalidDpopProof("DPoP proof has no ath")
     if not isinstance(ath, str) or not same(ath, access_token_hash(token)):
         raise InvalidDpopProof("DPoP proof ath does not match the access token")
     return Proof(jkt=key.thumbprint, jti=jti, iat=iat)

@@ -5,12 +5,15 @@ equation hold for signatures anyone can compute, and OpenSSL does not refuse suc
 A JWKS that publishes one, by mistake or by an attacker who can write to it, would let
 anyone mint tokens. ``degenerate`` decodes the point (RFC 8032 §5.1.3 / §5.2.3),
 refusing non-canonical encodings too, and tells whether a multiple of the cofactor
-sends it to the identity. Pure integer arithmetic; runs once per key, at load time.
+sends it to the identity. Pure integer arithmetic (about 0.2 ms): a JWKS key meets it
+once, at load time; a DPoP proof brings its key on every request, so answers are
+remembered for the keys seen last (a client keeps its key).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ def _add(curve: _Curve, a: tuple[int, int], b: tuple[int, int]) -> tuple[int, in
     return x3, y3
 
 
+@lru_cache(maxsize=4096)
 def degenerate(crv: str, public: bytes) -> str | None:
     """Why ``public`` must not be used as a ``crv`` key, or None when it is sound."""
     curve = CURVES[crv]
