@@ -66,12 +66,13 @@ CONFIG: dict[str, Any] = {
 }
 
 
+# A day: tokens are made when the tests are collected and used minutes later.
 def gw(**extra: Any) -> str:
-    return GW.sign(claims(GATEWAY, "api", **extra))
+    return GW.sign(claims(GATEWAY, "api", **{"ttl": 86400, **extra}))
 
 
 def idp(**extra: Any) -> str:
-    return ID.sign(claims(IDP, "api", **extra))
+    return ID.sign(claims(IDP, "api", **{"ttl": 86400, **extra}))
 
 
 def bearer(t: str) -> dict[str, str]:
