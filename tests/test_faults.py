@@ -65,6 +65,14 @@ async def test_misbehaving_jwks_keeps_last_good_keys(mode: str, session: Any) ->
             assert "302" in (src.last_error or "")  # never followed to another host
 
 
+async def test_a_jwks_that_arrives_in_pieces_is_read_whole(session: Any) -> None:
+    with EvilHttp("in_pieces", jwks(SIGNER)) as evil:
+        p = Provider(issuer=ISS, audiences=(), jwks_uri=evil.url, fetch_timeout="5s")
+        src = keys.build("evil-in-pieces", p, lambda: session)
+        assert await src.refresh("startup"), src.last_error
+        assert src.usable() is not None and src.usable().kids == {SIGNER.kid}  # type: ignore[union-attr]
+
+
 async def test_tls_error_on_the_jwks_endpoint_keeps_keys(tmp_path: Path, session: Any) -> None:
     """An https JWKS whose certificate is not trusted is a fetch error, not a key source."""
     ca = CA(tmp_path)

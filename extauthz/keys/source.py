@@ -68,11 +68,23 @@ def _max_age(cache_control: str | None) -> float | None:
     return None
 
 
+async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body, or None when it is larger than ``limit`` bytes (never reading
+    more than ``limit + 1``). A body that arrives in pieces is read to its end; one cut
+    short of its Content-Length raises aiohttp's ClientPayloadError."""
+    if resp.content_length is not None and resp.content_length > limit:
+        return None
+    body = bytearray()
+    while chunk := await resp.content.read(limit + 1 - len(body)):
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
 async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
-    if resp.content_length is not None and resp.content_length > MAX_JWKS_BYTES:
-        raise KeyFetchError(f"JWKS larger than {MAX_JWKS_BYTES} bytes")
-    body = await resp.content.read(MAX_JWKS_BYTES + 1)
-    if len(body) > MAX_JWKS_BYTES:
+    body = await read_capped(resp, MAX_JWKS_BYTES)
+    if body is None:
         raise KeyFetchError(f"JWKS larger than {MAX_JWKS_BYTES} bytes")
     return body
 

@@ -1,6 +1,7 @@
 """A misbehaving HTTP server on 127.0.0.1:0, one bad behaviour per mode.
 
-Modes: ``hang_mid_body`` (headers and half the body, then silence), ``reset`` (accept and
+Modes: ``hang_mid_body`` (headers and half the body, then silence), ``in_pieces`` (a good
+answer whose second half comes 0.2 s after the first), ``reset`` (accept and
 reset the connection), ``redirect_loop`` (302 to itself), ``redirect_away`` (302 to
 another host), ``good`` (a proper answer with ``document``). The mode can be switched
 while the server runs.
@@ -60,6 +61,19 @@ class EvilHttp:
                     + body[: len(body) // 2]
                 )
                 self._held.append(conn)  # never finish, never close (until stop)
+                return
+            if mode == "in_pieces":
+                # A good answer whose body arrives in two TCP segments, as across a slow
+                # network: the reader must wait for the second one.
+                body = json.dumps(self.document).encode()
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+                    + body[: len(body) // 2]
+                )
+                self._stop.wait(0.2)  # the network is slow on purpose
+                conn.sendall(body[len(body) // 2 :])
+                conn.close()
                 return
             if mode in ("redirect_loop", "redirect_away"):
                 target = self.url if mode == "redirect_loop" else "http://evil.example/jwks.json"
