@@ -17,7 +17,7 @@ from importlib import metadata as _metadata
 
 from .config import Config
 from .config import load as load_config
-from .core.decision import Decision, NeedKeys
+from .core.decision import Decision, NeedIntrospection, NeedKeys
 from .core.policy import Policy
 from .core.request import AuthRequest
 from .errors import ConfigError, Denied, DenyKind, ExtAuthzError, JwksError, KeyFetchError
@@ -37,6 +37,7 @@ __all__ = [
     "ExtAuthzError",
     "JwksError",
     "KeyFetchError",
+    "NeedIntrospection",
     "NeedKeys",
     "Policy",
     "__version__",

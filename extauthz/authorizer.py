@@ -1,8 +1,9 @@
 """The async seam between the front doors and the pure decision core.
 
-``check`` answers every request from in-memory key snapshots; the one wait it may do
-is on the shared unknown-``kid`` refetch, bounded by a budget and by the caller's
-deadline. Any unexpected exception becomes a deny (fail closed), logged without the
+``check`` answers every request from in-memory key snapshots and cached introspection
+answers; the waits it may do — the shared unknown-``kid`` refetch, the one introspection
+call in flight for an opaque token, a shared replay store — are bounded by a budget and
+by the caller's deadline. Any unexpected exception becomes a deny (fail closed), logged without the
 token. ``record`` counts and logs the answer a front door actually sent.
 """
 
@@ -14,9 +15,11 @@ import time
 from collections.abc import Callable, Mapping
 
 from . import errors, logs, metrics
-from .core.decision import Decision, NeedKeys, refuse, unknown_key
+from .core.decision import Decision, NeedIntrospection, NeedKeys, refuse, unknown_key
+from .core.introspected import Answer
 from .core.policy import Policy
 from .core.request import CONTEXT_RULE_KEY, AuthRequest
+from .introspection import Introspector
 from .keys.jwks import KeySet
 from .keys.source import KeySource
 from .replay import MemoryReplayStore, ReplayStore, ReplayStoreDown
@@ -39,7 +42,7 @@ class ReplayCheck:
 
 
 #: What :meth:`Authorizer.first` may leave for :meth:`Authorizer.resolve`.
-Pending = NeedKeys | ReplayCheck
+Pending = NeedKeys | NeedIntrospection | ReplayCheck
 
 
 class Authorizer:
@@ -49,17 +52,25 @@ class Authorizer:
         sources: Mapping[str, KeySource],
         *,
         replay: ReplayStore | None = None,
+        introspectors: Mapping[str, Introspector] | None = None,
         clock: Callable[[], float] = time.time,
         unknown_kid_wait: float = UNKNOWN_KID_WAIT,
     ) -> None:
         self.policy = policy
         self.sources = sources
         self.replay: ReplayStore = replay if replay is not None else MemoryReplayStore()
+        self.introspectors: Mapping[str, Introspector] = introspectors or {}
+        self._answers = self._cached_answer if self.introspectors else None
         self._clock = clock
         self._wait = unknown_kid_wait
 
     def _keys(self, provider: str) -> KeySet | None:
         return self.sources[provider].usable()
+
+    def _cached_answer(self, provider: str, token: str, now: float) -> Answer | None:
+        answer = self.introspectors[provider].cached(token, now)
+        metrics.INTROSPECTION_CACHE.labels(provider, "miss" if answer is None else "hit").inc()
+        return answer
 
     @property
     def ready(self) -> bool:
@@ -78,11 +89,22 @@ class Authorizer:
         result = self.first(req)
         if isinstance(result, Decision):
             return result
-        budget = self._wait
+        return await self.resolve(req, result, self.budget(result, time_remaining))
+
+    def budget(
+        self, pending: Pending, time_remaining: float | None, kid_wait: float | None = None
+    ) -> float:
+        """Seconds :meth:`resolve` may wait for ``pending``: an introspection call its
+        provider's ``timeout``, an unknown kid's refetch ``kid_wait`` (default
+        ``unknown_kid_wait``); at most half the caller's deadline, when it has one."""
+        if isinstance(pending, NeedIntrospection):
+            budget = self.introspectors[pending.provider].settings.timeout
+        else:
+            budget = self._wait if kid_wait is None else kid_wait
         if time_remaining is not None:
             # Leave half the deadline for answering: a late allow is a timeout.
             budget = min(budget, max(0.0, time_remaining / 2))
-        return await self.resolve(req, result, budget)
+        return budget
 
     def first(self, req: AuthRequest) -> Decision | Pending:
         """Decide without waiting: a decision, or what :meth:`resolve` must still wait
@@ -91,7 +113,7 @@ class Authorizer:
         try:
             if req.context_extensions:
                 _note_extensions(req.context_extensions)
-            result = self.policy.decide(req, self._keys, self._clock())
+            result = self.policy.decide(req, self._keys, self._clock(), self._answers)
             if isinstance(result, Decision) and result.replay is not None:
                 if not isinstance(self.replay, MemoryReplayStore):
                     return ReplayCheck(result)  # a shared store: ask it without blocking
@@ -109,7 +131,12 @@ class Authorizer:
         unknown-kid refetch (waited for at most ``budget`` seconds), the replay store.
         Never raises."""
         try:
-            if isinstance(pending, NeedKeys):
+            if isinstance(pending, NeedIntrospection):
+                result = await self._after_introspection(req, pending, budget)
+                if result.replay is None:
+                    return result
+                pending = ReplayCheck(result)
+            elif isinstance(pending, NeedKeys):
                 result = await self._after_refetch(req, pending, budget)
                 if result.replay is None:
                     return result
@@ -187,10 +214,27 @@ class Authorizer:
             await asyncio.wait_for(waiter, budget)
         except TimeoutError:
             return self.policy.challenged(unknown_key(need))
-        result = self.policy.decide(req, self._keys, self._clock())
+        result = self.policy.decide(req, self._keys, self._clock(), self._answers)
         if isinstance(result, NeedKeys):
             source.mark_absent(result.kid)
             return self.policy.challenged(unknown_key(result))
+        if isinstance(result, NeedIntrospection):  # the same token takes the same path
+            return refuse(errors.InternalError(), rule=need.rule)
+        return result
+
+    async def _after_introspection(
+        self, req: AuthRequest, need: NeedIntrospection, budget: float
+    ) -> Decision:
+        try:
+            answer = await self.introspectors[need.provider].introspect(need.token, budget)
+        except errors.IntrospectionUnavailable as exc:
+            iss = self.policy.providers[need.provider].config.issuer
+            return refuse(exc, rule=need.rule, provider=need.provider, iss=iss, dpop=need.dpop)
+        # Decided with the answer itself: one whose exp has passed is not cached, yet
+        # this request may still pass within clock_skew.
+        result = self.policy.decide(req, self._keys, self._clock(), lambda *_: answer)
+        if not isinstance(result, Decision):  # the same token takes the same path
+            return refuse(errors.InternalError(), rule=need.rule)
         return result
 
 

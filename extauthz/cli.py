@@ -11,6 +11,7 @@ import errno
 import http.client
 import json
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -140,7 +141,7 @@ async def _serve_issuer(args: argparse.Namespace) -> int:
     host, port = args.listen
     issuer = DevIssuer(
         args.url or "http://127.0.0.1", alg=args.alg, rotate_every=args.rotate_every,
-        token_ttl=args.token_ttl,
+        token_ttl=args.token_ttl, client_id=args.client_id, client_secret=args.client_secret,
     )  # fmt: skip
     try:
         runner, bound = await start(app(issuer), host, port)
@@ -157,6 +158,18 @@ async def _serve_issuer(args: argparse.Namespace) -> int:
     url = issuer.issuer
     print(f"dev issuer {url} ({args.alg}); JWKS at {url}/.well-known/jwks.json", file=sys.stderr)
     print(f"mint a token: extauthz token --issuer {url} --aud AUDIENCE", file=sys.stderr)
+    client_id, secret = issuer.client_id, issuer.client_secret
+    # curl -u sends the pair as given: form-urlencode it as RFC 6749 §2.3.1 asks.
+    basic = shlex.quote(f"{urllib.parse.quote_plus(client_id)}:{urllib.parse.quote_plus(secret)}")
+    for line in (
+        f"opaque tokens (token --opaque): introspection (RFC 7662) at {url}/introspect, "
+        f"revocation (RFC 7009) at {url}/revoke",
+        f"client credentials (HTTP Basic): client_id {shlex.quote(client_id)}, "
+        f"client_secret {shlex.quote(secret)}",
+        f"introspect a token: curl -u {basic} -d token=TOKEN {url}/introspect",
+        f"revoke a token: curl -u {basic} -d token=TOKEN {url}/revoke",
+    ):
+        print(line, file=sys.stderr)
     try:
         await stop.wait()
     finally:
@@ -285,7 +298,19 @@ def cmd_token(args: argparse.Namespace) -> int:
     if not args.issuer.startswith(("http://", "https://")):
         print(f"error: --issuer must be an http(s) URL, got {args.issuer!r}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.opaque:
+        given = [o for o, v in (("--dpop", args.dpop), ("--cnf-cert", args.cnf_cert),
+                                ("--typ", args.typ)) if v]  # fmt: skip
+        if given:
+            print(
+                f"error: --opaque cannot go with {' or '.join(given)}: only a JWT carries "
+                "a cnf binding or a typ header",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
     body: dict[str, object] = {"sub": args.sub}
+    if args.opaque:
+        body["opaque"] = True
     if args.claims:
         body["claims"] = _claims(args.claims)
     if args.aud:
@@ -413,6 +438,18 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument(
         "--token-ttl", type=_duration, default="5m", metavar="DURATION", help="token lifetime"
     )
+    i.add_argument(
+        "--client-id",
+        default="extauthz",
+        metavar="ID",
+        help="the client that may introspect (RFC 7662) and revoke (RFC 7009) opaque "
+        "tokens, with HTTP Basic",
+    )
+    i.add_argument(
+        "--client-secret",
+        metavar="SECRET",
+        help="that client's secret (default: a random one, printed at start)",
+    )
     i.set_defaults(func=cmd_issuer)
 
     t = command("token", "mint a token from a running dev issuer", log_env)
@@ -448,6 +485,13 @@ def parser() -> argparse.ArgumentParser:
         help="bind the token to this PEM client certificate (RFC 8705 x5t#S256)",
     )
     t.add_argument("--typ", choices=("JWT", "at+jwt"), help="the token's typ header (default: JWT)")
+    t.add_argument(
+        "--opaque",
+        action="store_true",
+        help="an opaque token, which the issuer answers for at /introspect (RFC 7662) and "
+        "forgets at /revoke (RFC 7009); not with --dpop, --cnf-cert or --typ "
+        "(default: a signed JWT)",
+    )
     t.set_defaults(func=cmd_token)
 
     p_ = command("dpop-proof", "sign a DPoP proof for one request (RFC 9449)", log_env)

@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -181,6 +182,55 @@ class DpopSettings(_Model):
         return value
 
 
+class IntrospectionSettings(_Model):
+    """RFC 7662: opaque tokens are sent to the authorization server's endpoint."""
+
+    endpoint: str
+    client_id: str = Field(min_length=1)
+    client_secret_file: Path = Field(repr=False)
+    cache_ttl: Duration = 60.0  # an active answer is reused until min(exp, this)
+    negative_cache_ttl: Duration = 5.0  # an inactive answer is reused this long
+    timeout: Duration = Field(default=2.0, gt=0)
+    cache_size: int = Field(default=10_000, ge=1)  # answers kept, per provider
+    ca_file: Path | None = None  # else the system's CAs verify an https:// endpoint
+    # Read from client_secret_file at every load (start, reload); never shown.
+    _secret: str = PrivateAttr(default="")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("client_secret_file")
+    @classmethod
+    def _readable(cls, value: Path) -> Path:
+        _read_secret(value)
+        return value
+
+    @model_validator(mode="after")
+    def _load_secret(self) -> IntrospectionSettings:
+        self._secret = _read_secret(self.client_secret_file)
+        return self
+
+    @property
+    def client_secret(self) -> str:
+        return self._secret
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise ValueError(f"cannot read {path}: {why}") from None
+    secret = text.rstrip("\r\n")  # the newline an editor or `echo` leaves
+    if not secret:
+        raise ValueError(f"{path} is empty")
+    return secret
+
+
 class Provider(_Model):
     issuer: str = Field(min_length=1)
     # Required on purpose: `[]` disables the audience check, but only explicitly.
@@ -213,6 +263,8 @@ class Provider(_Model):
     # RFC 9728: the URL of this resource's protected-resource metadata, named in every
     # 401 and 403 challenge for this provider (MCP clients discover the issuer from it).
     resource_metadata: AbsoluteUrl | None = None
+    # RFC 7662: opaque tokens (not a compact JWS) are introspected at this endpoint.
+    introspection: IntrospectionSettings | None = None
 
     @field_validator("jwks_uri")
     @classmethod
@@ -257,7 +309,14 @@ class Provider(_Model):
         return all(getattr(self, k) == getattr(other, k) for k in self.KEY_SETTINGS)
 
     @property
+    def has_keys(self) -> bool:
+        """It verifies JWTs (a key source is set), not only introspects opaque tokens."""
+        return any(getattr(self, k) not in (None, False) for k in _KEY_SOURCES)
+
+    @property
     def key_source(self) -> str:
+        if not self.has_keys:
+            return "none (opaque tokens only, by introspection)"
         if self.jwks_uri is not None:
             return f"jwks_uri {self.jwks_uri}"
         if self.discovery:
@@ -473,9 +532,12 @@ def provider_problems(p: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(key under the provider, message) for checks that involve several keys."""
     found: list[tuple[str, str]] = []
     chosen = [k for k in _KEY_SOURCES if p.get(k) not in (None, False)]
-    if len(chosen) != 1:
+    if len(chosen) > 1 or (not chosen and p.get("introspection") is None):
         got = ", ".join(chosen) if chosen else "none"
-        found.append(("", f"set exactly one key source of {', '.join(_KEY_SOURCES)} (got {got})"))
+        found.append(
+            ("", f"set exactly one key source of {', '.join(_KEY_SOURCES)}, or introspection "
+                 f"for opaque tokens only (got {got})")
+        )  # fmt: skip
     issuer = p.get("issuer")
     if isinstance(issuer, str) and issuer:
         parts = urlsplit(issuer)
@@ -545,6 +607,40 @@ def _http_problems(data: Mapping[str, Any], providers: Mapping[str, Any]) -> lis
     return found
 
 
+def _introspection_problems(
+    data: Mapping[str, Any], providers: Mapping[str, Any]
+) -> list[tuple[str, str]]:
+    """An opaque token names no issuer: each rule may send it to one endpoint only."""
+    introspecting = [
+        n for n, p in providers.items() if isinstance(p, Mapping) and p.get("introspection")
+    ]
+    if len(introspecting) < 2:
+        return []
+    found: list[tuple[str, str]] = []
+    both = " and ".join(repr(n) for n in introspecting[:2])
+    rules = data.get("rules")
+    if not isinstance(rules, list | tuple):
+        return [
+            ("providers", f"providers {both} both introspect opaque tokens, and with no rules "
+                          "every request accepts both: add rules that name one of them")
+        ]  # fmt: skip
+    for i, rule in enumerate(rules):
+        if not isinstance(rule, Mapping) or rule.get("allow_anonymous"):
+            continue
+        named = rule.get("providers")
+        allowed = introspecting if not isinstance(named, list | tuple) else [
+            n for n in introspecting if n in named
+        ]  # fmt: skip
+        if len(allowed) > 1:
+            found.append(
+                (f"rules.{i}.providers",
+                 f"allows {' and '.join(repr(n) for n in allowed[:2])}, which both "
+                 "introspect opaque tokens: an opaque token names no issuer, so a rule "
+                 "may allow at most one of them")
+            )  # fmt: skip
+    return found
+
+
 def config_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(dotted path, message) for every check that involves several keys."""
     found: list[tuple[str, str]] = []
@@ -565,6 +661,7 @@ def config_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
                 )  # fmt: skip
             issuers.setdefault(issuer, name)
     found += _http_problems(data, providers)
+    found += _introspection_problems(data, providers)
     rules = data.get("rules")
     seen: set[str] = set()
     catch_all: str | None = None
@@ -788,8 +885,17 @@ def summary(config: Config) -> str:
         aud = ", ".join(p.audiences) if p.audiences else "(audience check disabled)"
         lines.append(f"provider {name}: issuer {p.issuer}")
         lines.append(f"  audiences: {aud}")
-        lines.append(f"  keys: {p.key_source}, refresh {p.refresh_interval:g}s")
-        lines.append(f"  algorithms: {', '.join(p.algorithms)}; clock skew {p.clock_skew:g}s")
+        if p.has_keys:
+            lines.append(f"  keys: {p.key_source}, refresh {p.refresh_interval:g}s")
+            lines.append(f"  algorithms: {', '.join(p.algorithms)}; clock skew {p.clock_skew:g}s")
+        if p.introspection is not None:
+            i = p.introspection
+            lines.append(
+                f"  introspection: {i.endpoint} as client {i.client_id} (secret from "
+                f"{i.client_secret_file}, not shown); answers kept {i.cache_ttl:g}s "
+                f"(inactive {i.negative_cache_ttl:g}s), at most {i.cache_size:,}; "
+                f"timeout {i.timeout:g}s"
+            )
         lines.append(f"  tokens from: {'; '.join(t.describe() for t in p.token_sources)}")
         if p.resource_metadata:
             lines.append(f"  resource_metadata: {p.resource_metadata}")

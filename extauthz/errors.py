@@ -16,6 +16,7 @@
         │   ├── MalformedToken, TokenTooLarge, AlgorithmNotAllowed, UnsupportedHeader,
         │   │   UnknownIssuer, UnknownKey, BadSignature, Expired, NotYetValid,
         │   │   WrongAudience, InvalidClaims, UnforwardableClaim, WrongTokenType
+        │   ├── InactiveToken           introspection says the opaque token is not active
         │   └── BindingMismatch         a sender-constrained token without its key or cert
         ├── InvalidDpopProof        a DPoP proof is missing, malformed, stale or replayed
         ├── InvalidRequest          the request is ambiguous (two tokens)
@@ -24,6 +25,7 @@
         └── Unavailable             no answer can be given now (503)
             ├── KeysUnavailable       the provider has no usable keys
             ├── ReplayStoreUnavailable  the shared DPoP replay store cannot be reached
+            ├── IntrospectionUnavailable  the introspection endpoint gave no usable answer
             └── InternalError         a bug or an unforeseen input: fail closed
 
 A ``Denied`` carries what was decided — its ``kind`` (a :class:`DenyKind`), a bounded
@@ -211,6 +213,14 @@ class WrongTokenType(InvalidToken):
     description = "token type not accepted"
 
 
+class InactiveToken(InvalidToken):
+    """RFC 7662: the authorization server answered ``active: false`` (revoked, expired,
+    unknown)."""
+
+    reason = "inactive_token"
+    description = "token not active"
+
+
 class BindingMismatch(InvalidToken):
     """A sender-constrained token presented without its key or certificate (RFC 9449
     §7.1, RFC 8705 §3): a DPoP-bound token sent as Bearer, an unbound token sent as
@@ -268,6 +278,14 @@ class ReplayStoreUnavailable(Unavailable):
 
     reason = "replay_store_unavailable"
     description = "replay protection temporarily unavailable"
+
+
+class IntrospectionUnavailable(Unavailable):
+    """The introspection endpoint failed, timed out or answered something unusable:
+    fail closed, and ask again next time (never cached)."""
+
+    reason = "introspection_unavailable"
+    description = "token introspection temporarily unavailable"
 
 
 class InternalError(Unavailable):

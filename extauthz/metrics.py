@@ -60,8 +60,25 @@ TOKEN_CACHE = Counter(
     ["result"],
     registry=REGISTRY,
 )
-
-
+INTROSPECTIONS = Counter(
+    "extauthz_introspection",
+    "Calls to an introspection endpoint (RFC 7662), by answer: active, inactive, error.",
+    ["provider", "result"],
+    registry=REGISTRY,
+)
+INTROSPECTION_DURATION = Histogram(
+    "extauthz_introspection_duration_seconds",
+    "Time for one call to an introspection endpoint, errors and timeouts included.",
+    ["provider"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    registry=REGISTRY,
+)
+INTROSPECTION_CACHE = Counter(
+    "extauthz_introspection_cache",
+    "Opaque tokens answered from the introspection cache (hit) or sent to the endpoint (miss).",
+    ["provider", "result"],
+    registry=REGISTRY,
+)
 DPOP = Counter(
     "extauthz_dpop",
     "DPoP-scheme requests and DPoP-bound tokens, by outcome.",

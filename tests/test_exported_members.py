@@ -17,6 +17,7 @@ EXPECTED = {
     "ExtAuthzError",
     "JwksError",
     "KeyFetchError",
+    "NeedIntrospection",
     "NeedKeys",
     "Policy",
     "__version__",

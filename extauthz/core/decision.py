@@ -60,6 +60,17 @@ class NeedKeys:
     dpop: bool = False  # the request used the DPoP scheme
 
 
+@dataclass(frozen=True, slots=True)
+class NeedIntrospection:
+    """An opaque token without a cached answer: the caller asks ``provider``'s endpoint
+    (one call in flight per token) and decides again."""
+
+    provider: str
+    rule: str
+    token: str = field(repr=False)
+    dpop: bool = False
+
+
 def refuse(exc: Denied, **fields: Any) -> Decision:
     """The decision for a refusal."""
     return Decision(

@@ -1,8 +1,10 @@
 """Decisions: rule selection, token extraction, verification, scopes and claims (pure).
 
-``Policy.decide(request, keys, now)`` returns a :class:`Decision` for every input, or
-a :class:`NeedKeys` when the token names a ``kid`` its provider's key set lacks (the
-caller may refetch once and decide again). Fail closed: the only path to an allow is
+``Policy.decide(request, keys, now, answers)`` returns a :class:`Decision` for every
+input, or a :class:`NeedKeys` when the token names a ``kid`` its provider's key set
+lacks (the caller may refetch once and decide again), or a :class:`NeedIntrospection`
+when an opaque token has no cached introspection answer (the caller asks the endpoint
+and decides again). Fail closed: the only path to an allow is
 an explicit success below.
 """
 
@@ -18,12 +20,15 @@ from typing import Any
 from .. import errors
 from ..config import Config, Provider, Rule, TokenSource, compile_regex
 from ..errors import DenyKind
-from . import binding, paths, tokens
-from .decision import Decision, NeedKeys, refuse
+from . import binding, introspected, paths, tokens
+from .decision import Decision, NeedIntrospection, NeedKeys, refuse
 from .headers import header_value
 from .request import CONTEXT_RULE_KEY, AuthRequest
 from .verifier import Keys, TokenVerifier
-from .verify import Verified
+from .verify import MAX_TOKEN_BYTES, Verified
+
+#: ``answers(provider, token, now)``: the cached introspection answer, or None.
+Answers = Callable[[str, str, float], introspected.Answer | None]
 
 #: Allow decisions kept for the hottest tokens (FIFO).
 HOT_ANSWERS = 256
@@ -65,8 +70,10 @@ class _CompiledRule:
     matches: Callable[[AuthRequest, str], bool]
     providers: tuple[_CompiledProvider, ...]
     sources: tuple[TokenSource, ...]
-    # Which providers accept a token from each source: the verifier picks by `iss`.
+    # Which providers accept a JWT from each source: the verifier picks by `iss`.
     accepted: Mapping[TokenSource, Mapping[str, Provider]]
+    # The one provider (if any) that introspects an opaque token from each source.
+    introspect: Mapping[TokenSource, str]
     resource_metadata: str  # RFC 9728 URL for this rule's challenges, "" when none
     dpop_algs: tuple[str, ...]  # DPoP challenge `algs` for this rule, () when no DPoP
     bearer: bool  # some provider of the rule accepts plain Bearer tokens
@@ -143,8 +150,16 @@ class Policy:
         names = rule.providers if rule.providers is not None else tuple(self.providers)
         provs = tuple(self.providers[n] for n in names)
         sources = tuple(dict.fromkeys(s for p in provs for s in p.config.token_sources))
+        verifying = [p for p in provs if p.config.has_keys]
         accepted = {
-            s: {p.name: p.config for p in provs if s in p.config.token_sources} for s in sources
+            s: {p.name: p.config for p in verifying if s in p.config.token_sources} for s in sources
+        }
+        # config_problems allows a rule at most one introspecting provider.
+        introspect = {
+            s: p.name
+            for s in sources
+            for p in provs
+            if p.config.introspection is not None and s in p.config.token_sources
         }
         # The first provider, in the rule's order and then the configuration's, that
         # publishes protected-resource metadata.
@@ -156,7 +171,7 @@ class Policy:
         dpop = next((p.config.dpop for p in provs if p.config.dpop is not None), None)
         bearer = any(p.config.dpop is None or not p.config.dpop.required for p in provs)
         return _CompiledRule(
-            rule, _matcher(rule), provs, sources, accepted, metadata or "",
+            rule, _matcher(rule), provs, sources, accepted, introspect, metadata or "",
             dpop.algorithms if dpop is not None else (), bearer,
         )  # fmt: skip
 
@@ -174,9 +189,12 @@ class Policy:
                 return r
         return None
 
-    def decide(self, req: AuthRequest, keys: Keys, now: float) -> Decision | NeedKeys:
-        """``keys(provider)`` returns its usable KeySet (None: no usable keys)."""
-        result = self._decide(req, keys, now)
+    def decide(
+        self, req: AuthRequest, keys: Keys, now: float, answers: Answers | None = None
+    ) -> Decision | NeedKeys | NeedIntrospection:
+        """``keys(provider)`` returns its usable KeySet (None: no usable keys);
+        ``answers`` the cached introspection answers (None: no introspection)."""
+        result = self._decide(req, keys, now, answers)
         if self._challenge_extras and isinstance(result, Decision) and not result.allowed:
             return self.challenged(result)
         return result
@@ -205,7 +223,9 @@ class Policy:
             decision, resource_metadata=url or "", dpop_algs=algs, bearer=bearer or not algs
         )
 
-    def _decide(self, req: AuthRequest, keys: Keys, now: float) -> Decision | NeedKeys:
+    def _decide(
+        self, req: AuthRequest, keys: Keys, now: float, answers: Answers | None
+    ) -> Decision | NeedKeys | NeedIntrospection:
         try:
             rule = self.select(req)
         except errors.UnknownRule as exc:
@@ -226,8 +246,13 @@ class Policy:
             if token is None:
                 raise errors.MissingToken()
             dpop = token.scheme == "dpop"
-            result = self.verifier.verify(token.token, rule.accepted[token.source], keys, now)
-            if isinstance(result, NeedKeys):
+            introspecting = rule.introspect.get(token.source)
+            result: Verified | NeedKeys | NeedIntrospection
+            if introspecting is not None and not tokens.is_compact_jws(token.token):
+                result = self._introspected(token.token, introspecting, answers, now)
+            else:
+                result = self.verifier.verify(token.token, rule.accepted[token.source], keys, now)
+            if isinstance(result, NeedKeys | NeedIntrospection):
                 return dataclasses.replace(result, rule=name, dpop=dpop)
             verified = result
             prov = self.providers[verified.provider]
@@ -252,6 +277,21 @@ class Policy:
                 sub=sub if isinstance(sub, str) else None,
                 dpop=dpop,
             )
+
+    def _introspected(
+        self, token: str, name: str, answers: Answers | None, now: float
+    ) -> Verified | NeedIntrospection:
+        """An opaque token: its cached answer held to the provider's rules, or what to
+        ask. Only a well-formed token of sane size is ever sent to the endpoint."""
+        provider = self.providers[name].config
+        if len(token) > MAX_TOKEN_BYTES:
+            raise errors.TokenTooLarge().about(name, None, provider.issuer)
+        if not tokens.is_b64token(token):
+            raise errors.MalformedToken().about(name, None, provider.issuer)
+        answer = answers(name, token, now) if answers is not None else None
+        if answer is None:
+            return NeedIntrospection(name, "", token)
+        return introspected.verified(answer, name, provider, now)
 
     @staticmethod
     def _check_rule(rule: Rule, claims: Mapping[str, Any]) -> None:

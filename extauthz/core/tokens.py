@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from ..config import TokenSource
 from ..errors import InvalidRequest, MalformedToken
+
+#: RFC 6750 §2.1 b64token: what an opaque token may be made of before it is sent to
+#: an introspection endpoint.
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 #: RFC 9449: the default Authorization source reads DPoP-bound tokens too.
 DPOP_PREFIX = "DPoP "
@@ -119,3 +125,19 @@ def extract(headers: Mapping[str, str], path: str, sources: Iterable[TokenSource
                 # which binding rules apply must not be the client's pick).
                 raise InvalidRequest()
     return found
+
+
+def is_compact_jws(token: str) -> bool:
+    """Three base64url segments (the first two non-empty): the JWT path's. Anything
+    else is an opaque token, for introspection."""
+    parts = token.split(".")
+    return (
+        len(parts) == 3
+        and bool(parts[0])
+        and bool(parts[1])
+        and all(_B64URL.fullmatch(p) for p in parts)
+    )
+
+
+def is_b64token(token: str) -> bool:
+    return _B64TOKEN.fullmatch(token) is not None

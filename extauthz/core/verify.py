@@ -209,16 +209,22 @@ def _numeric(claims: Mapping[str, Any], name: str) -> float | None:
     return number
 
 
-def check_claims(claims: Mapping[str, Any], provider: Provider, now: float) -> tuple[float, float]:
+def check_claims(
+    claims: Mapping[str, Any], provider: Provider, now: float, *, introspected: bool = False
+) -> tuple[float, float]:
     """Issuer, audience, time and required claims. Returns the validity window
-    ``(not_after, not_before)`` with the clock skew applied, for ``check_window``."""
-    if claims.get("iss") != provider.issuer:
+    ``(not_after, not_before)`` with the clock skew applied, for ``check_window``.
+
+    ``introspected``: an RFC 7662 answer, where ``iss`` and ``exp`` are optional (the
+    authorization server vouches for the token), but held to them when present."""
+    iss = claims.get("iss")
+    if iss != provider.issuer and not (introspected and iss is None):
         raise errors.UnknownIssuer()
     exp = _numeric(claims, "exp")
-    if exp is None:
+    if exp is None and not introspected:
         raise errors.InvalidClaims("claim exp is required")
     skew = provider.clock_skew
-    if now >= exp + skew:
+    if exp is not None and now >= exp + skew:
         raise errors.Expired()
     nbf = _numeric(claims, "nbf")
     if nbf is not None and now + skew < nbf:
@@ -227,8 +233,8 @@ def check_claims(claims: Mapping[str, Any], provider: Provider, now: float) -> t
     if iat is not None and now + skew < iat:
         raise errors.NotYetValid("token issued in the future")
     if provider.max_lifetime is not None:
-        if iat is None:
-            raise errors.InvalidClaims("claim iat is required")
+        if iat is None or exp is None:
+            raise errors.InvalidClaims(f"claim {'iat' if iat is None else 'exp'} is required")
         if exp - iat > provider.max_lifetime:
             raise errors.InvalidClaims("token lifetime too long")
     if provider.audiences:
@@ -248,7 +254,9 @@ def check_claims(claims: Mapping[str, Any], provider: Provider, now: float) -> t
         if name not in claims:
             raise errors.InvalidClaims(f"claim {name} is required")
     starts = [v for v in (nbf, iat) if v is not None]
-    return exp + skew, (max(starts) - skew if starts else -math.inf)
+    return (exp + skew if exp is not None else math.inf), (
+        max(starts) - skew if starts else -math.inf
+    )
 
 
 def typ_matches(typ: object, wanted: str) -> bool:

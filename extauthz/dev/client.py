@@ -1,13 +1,17 @@
 """The client's side of sender-constrained tokens, for trying them out: a DPoP key kept
 in a file, proofs signed with it (RFC 9449 §4.2), and the certificate thumbprint an
-mTLS-bound token carries (RFC 8705 §3.1). For demos and tests; not for production.
+mTLS-bound token carries (RFC 8705 §3.1); and the HTTP Basic client authentication
+the dev issuer's introspection and revocation endpoints take (RFC 6749 §2.3.1). For demos
+and tests; not for production.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
+import urllib.parse
 import uuid
 import warnings
 from pathlib import Path
@@ -110,3 +114,10 @@ def certificate_thumbprint(pem: str) -> str:
     if not value:
         raise ValueError("not a PEM certificate")
     return value
+
+
+def basic_authorization(client_id: str, client_secret: str) -> str:
+    """An ``Authorization`` header value for client_secret_basic: RFC 6749 §2.3.1
+    form-urlencodes the id and the secret before joining them with ":" and base64."""
+    pair = f"{urllib.parse.quote_plus(client_id)}:{urllib.parse.quote_plus(client_secret)}"
+    return "Basic " + base64.b64encode(pair.encode()).decode("ascii")

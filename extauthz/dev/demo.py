@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus
 
 from aiohttp import web
 
@@ -25,6 +26,8 @@ from ..server.process import ServingProcess
 from . import client, envoy_config, issuer
 
 AUDIENCE = "demo-api"
+#: How long an introspection answer is reused: short, so a revocation shows soon.
+OPAQUE_CACHE_TTL = 5.0
 TOKEN_TTL = 3600.0  # long enough for an unhurried trial; rotation keeps working (issuer.py)
 _log = logs.get("extauthz.demo")
 
@@ -56,7 +59,25 @@ async def _upstream(request: web.Request) -> web.Response:
     )
 
 
-def demo_config(issuer_url: str, rotate_every: float) -> config.Config:
+def demo_config(
+    issuer_url: str,
+    rotate_every: float,
+    secret_file: Path | None = None,
+    client_id: str = "extauthz",
+) -> config.Config:
+    # Opaque tokens too, when the dev issuer's client secret is at hand (RFC 7662).
+    introspection = (
+        {
+            "introspection": {
+                "endpoint": f"{issuer_url}/introspect",
+                "client_id": client_id,
+                "client_secret_file": str(secret_file),
+                "cache_ttl": OPAQUE_CACHE_TTL,
+            }
+        }
+        if secret_file is not None
+        else {}
+    )
     return config.from_mapping(
         {
             "server": {"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0"},
@@ -69,6 +90,7 @@ def demo_config(issuer_url: str, rotate_every: float) -> config.Config:
                     "min_refresh_interval": 1.0,
                     "claims_to_headers": {"x-user-id": "sub", "x-user-scope": "scope"},
                     "dpop": {},  # DPoP-bound tokens accepted; plain Bearer ones too
+                    **introspection,
                 }
             },
             "rules": [
@@ -122,6 +144,27 @@ def _dpop_examples(dev: issuer.DevIssuer, base: str, key_file: Path) -> list[str
     ]
 
 
+def _opaque_examples(dev: issuer.DevIssuer, base: str) -> list[str]:
+    """Commands for opaque tokens, introspected at the dev issuer, and a revocation that
+    takes effect once the cached answer ends."""
+    url = f"{base}/hello"
+    code = "curl -s -o /dev/null -w '%{http_code}\\n'"
+    opaque = dev.mint_opaque(sub="dave", aud=AUDIENCE, scope="read")
+    doomed = dev.mint_opaque(sub="erin", aud=AUDIENCE, scope="read")
+    auth = f"-H 'Authorization: Bearer {doomed}'"
+    credentials = shlex.quote(f"{quote_plus(dev.client_id)}:{quote_plus(dev.client_secret)}")
+    revoke = f"curl -s -u {credentials} -d token={doomed} {dev.issuer}/revoke"
+    wait = f"{OPAQUE_CACHE_TTL:g}"
+    return [
+        "# an opaque token, checked by introspection at the dev issuer (RFC 7662)",
+        "# -> 200; the upstream sees x-user-id: dave",
+        f"curl -i {url} -H 'Authorization: Bearer {opaque}'",
+        f"# revoked at the dev issuer: passes while its answer is cached ({wait} s),",
+        '# -> 200, then 200, then 401 error="invalid_token" "token not active"',
+        f"{code} {url} {auth}; {revoke}; {code} {url} {auth}; sleep {wait}; curl -i {url} {auth}",
+    ]
+
+
 async def run(*, port: int = 10000, alg: str = "EdDSA", rotate_every: float = 60.0) -> int:
     dev = issuer.DevIssuer(
         "http://127.0.0.1", alg=alg, rotate_every=rotate_every or None,
@@ -134,7 +177,12 @@ async def run(*, port: int = 10000, alg: str = "EdDSA", rotate_every: float = 60
     up_app.router.add_route("*", "/{tail:.*}", _upstream)
     up_runner, up_port = await httpsite.start(up_app, "127.0.0.1", 0)
 
-    server = ServingProcess(demo_config(dev.issuer, rotate_every or 60.0))
+    client_dir = Path(tempfile.mkdtemp(prefix="extauthz-demo-client-"))
+    secret_file = client_dir / "introspection-secret"
+    secret_file.write_text(dev.client_secret + "\n")
+    secret_file.chmod(0o600)
+    cfg = demo_config(dev.issuer, rotate_every or 60.0, secret_file, dev.client_id)
+    server = ServingProcess(cfg)
     await server.start()
     deadline = time.monotonic() + 15
     while not server.ready:
@@ -151,7 +199,6 @@ async def run(*, port: int = 10000, alg: str = "EdDSA", rotate_every: float = 60
     except Exception as exc:  # EnvoyStartError: show why, keep the rest running
         print(f"Envoy failed to start: {exc}")
 
-    client_dir = Path(tempfile.mkdtemp(prefix="extauthz-demo-client-"))
     minted_at = time.time()
     valid = dev.mint(sub="alice", aud=AUDIENCE, scope="read")
     admin_token = dev.mint(sub="root", aud=AUDIENCE, scope="read admin")
@@ -193,6 +240,7 @@ async def run(*, port: int = 10000, alg: str = "EdDSA", rotate_every: float = 60
             "# a fresh token from the dev issuer (its signing key rotates) -> 200",
             f'curl -i {base}/hello -H "Authorization: Bearer $({mint} --aud {AUDIENCE})"',
             *_dpop_examples(dev, base, client_dir / "dpop-key.json"),
+            *_opaque_examples(dev, base),
         ]
     print("\n".join(lines), flush=True)
 

@@ -55,7 +55,8 @@ MAX_HEADERS = 100
 HEAD_TIMEOUT = 10.0
 IDLE_TIMEOUT = 75.0
 #: Longest wait for an unknown-kid refetch: the HTTP door sees no deadline, and Envoy's
-#: http_service timeout defaults to 200 ms.
+#: http_service timeout defaults to 200 ms. (An introspection call is waited for up to
+#: its provider's `timeout`, which the operator sets below the proxy's.)
 UNKNOWN_KID_WAIT = 0.1
 #: Encoded allow answers kept for the hottest tokens (FIFO).
 MEMO_SIZE = 256
@@ -545,7 +546,9 @@ class Connection(asyncio.Protocol):
                 if self._transport is not None:
                     self._transport.pause_reading()
                 task = asyncio.get_running_loop().create_task(
-                    authorizer.resolve(pending.request, result, UNKNOWN_KID_WAIT)
+                    authorizer.resolve(
+                        pending.request, result, authorizer.budget(result, None, UNKNOWN_KID_WAIT)
+                    )
                 )
                 task.add_done_callback(self._resolved)
                 return

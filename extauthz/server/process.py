@@ -32,6 +32,7 @@ from ..core.policy import Policy
 from ..errors import ConfigError
 from ..frontdoor import http as http_door
 from ..frontdoor.grpc import SERVICE_NAME, AuthorizationServicer
+from ..introspection import Introspector
 from ..keys import source as keysource
 from ..keys.jwks import KeySet
 from . import admin, reload
@@ -69,6 +70,7 @@ class ServingProcess:
         self.announce = announce  # workers log "worker_serving"; the supervisor "started"
         self._session: aiohttp.ClientSession | None = None
         self.sources: Mapping[str, keysource.KeySource] = {}
+        self.introspectors: Mapping[str, Introspector] = {}
         self.authorizer: Authorizer | None = None
         self._servicer: AuthorizationServicer | None = None
         self._grpc: grpc.aio.Server | None = None
@@ -101,9 +103,14 @@ class ServingProcess:
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
-        self.sources = {name: self._new_source(name, p) for name, p in cfg.providers.items()}
+        self.sources = {
+            name: self._new_source(name, p) for name, p in cfg.providers.items() if p.has_keys
+        }
+        self.introspectors = _introspectors(cfg, {})
         self.replay = replay_store.build(cfg.server.replay_store)
-        self.authorizer = Authorizer(Policy(cfg), self.sources, replay=self.replay)
+        self.authorizer = Authorizer(
+            Policy(cfg), self.sources, replay=self.replay, introspectors=self.introspectors
+        )
         self._grpc = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 1 if self._reuse_port else 0),
@@ -173,6 +180,8 @@ class ServingProcess:
             await self._ticker.stop()
         for src in self.sources.values():
             await src.stop()
+        for introspector in self.introspectors.values():
+            await introspector.close()
         if self._admin is not None:
             await self._admin.cleanup()
         if self._session is not None:
@@ -187,6 +196,13 @@ class ServingProcess:
         # not made a readiness condition: every replica shares it, and taking them all
         # out of service would fail every other request too.
         status["replay_store"] = self.replay.status()
+        for name, introspector in self.introspectors.items():
+            # Ready at once: each opaque token is asked about when it arrives.
+            entry = status["providers"].setdefault(name, {})
+            entry["introspection"] = {
+                "endpoint": introspector.settings.endpoint,
+                "cached_answers": len(introspector.cache),
+            }
         return status
 
     @property
@@ -266,15 +282,22 @@ class ServingProcess:
             *(s.wait_ready(min(5.0, s.provider.fetch_timeout)) for s in started.values())
         )
         sources = {**change.kept, **started}
-        authorizer = Authorizer(Policy(change.config), sources, replay=self.replay)
+        introspectors = _introspectors(change.config, self.introspectors)
+        authorizer = Authorizer(
+            Policy(change.config), sources, replay=self.replay, introspectors=introspectors
+        )
         # The swap: one reference assignment each, never a half-updated config.
+        retired = [i for i in self.introspectors.values() if i not in introspectors.values()]
         self.config, self.sources, self.authorizer = change.config, sources, authorizer
+        self.introspectors = introspectors
         if self._servicer is not None:
             self._servicer.use(authorizer)
         if self._http_door is not None and change.config.server.http is not None:
             self._http_door.use(authorizer, change.config.server.http)
         for src in change.retired:
             await src.stop()
+        for introspector in retired:
+            await introspector.close()
         metrics.CONFIG_RELOADS.labels("success").inc()
         _log.info(
             "config_reloaded",
@@ -284,6 +307,21 @@ class ServingProcess:
             providers_removed=sorted(s.name for s in change.retired if s.name not in sources),
         )
         return True
+
+
+def _introspectors(cfg: Config, running: Mapping[str, Introspector]) -> dict[str, Introspector]:
+    """One per provider with introspection; a running one is kept (answers and
+    connections) while its settings, the secret read from its file included, are equal."""
+    out: dict[str, Introspector] = {}
+    for name, provider in cfg.providers.items():
+        if provider.introspection is None:
+            continue
+        current = running.get(name)
+        if current is not None and current.settings == provider.introspection:
+            out[name] = current
+        else:
+            out[name] = Introspector(name, provider)
+    return out
 
 
 def _http_address(cfg: Config, port: int) -> str | None:

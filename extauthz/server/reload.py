@@ -51,6 +51,8 @@ def plan(old: Config, new: Config, sources: Mapping[str, KeySource]) -> ReloadPl
     started: dict[str, Provider] = {}
     inherits: dict[str, KeySource] = {}
     for name, provider in new.providers.items():
+        if not provider.has_keys:
+            continue  # introspection only: no key source (see process._introspectors)
         current = sources.get(name)
         if current is not None and current.provider.same_keys(provider):
             kept[name] = current
