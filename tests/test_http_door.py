@@ -194,6 +194,33 @@ def test_metrics_name_the_front_door(door: ServerThread) -> None:
     assert count() == before + 1
 
 
+def test_a_client_that_never_reads_its_answers_stops_being_read(door: ServerThread) -> None:
+    """Pipelined requests from a client that reads none of the answers: once the
+    answers back up, the door reads no more requests, so its memory stays bounded
+    (without this, 3 MB of answers piled up per 8 MB sent, and growing)."""
+    batch = b"GET /public/x HTTP/1.1\r\nhost: a\r\n\r\n" * 1000
+    with socket.create_connection(("127.0.0.1", port_of(door)), timeout=5) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        sent, deadline, blocked_since = 0, time.monotonic() + 30, None
+        while time.monotonic() < deadline:
+            try:
+                sent += sock.send(batch)
+                blocked_since = None
+            except BlockingIOError:
+                blocked_since = blocked_since or time.monotonic()
+                if time.monotonic() - blocked_since > 2:
+                    break  # nothing more is read from us: the door stopped reading
+                time.sleep(0.01)
+        assert time.monotonic() < deadline, f"the door kept reading ({sent / 1e6:.0f} MB)"
+        buffered = [
+            c._transport.get_write_buffer_size()
+            for c in door.server._http_door.door.connections  # type: ignore[union-attr]
+            if c._transport is not None
+        ]
+    assert buffered and max(buffered) < 1_000_000, buffered
+
+
 # -- original-request modes --------------------------------------------------------------
 def test_request_mode_strips_the_path_prefix() -> None:
     with ServerThread(config(path_prefix="/check")) as server:

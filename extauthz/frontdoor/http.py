@@ -388,6 +388,9 @@ class Connection(asyncio.Protocol):
         self._queue: deque[_Pending] = deque()
         self._busy = False  # an answer is being decided asynchronously
         self._closing = False
+        # The client does not read its answers (the transport's buffer is full): read
+        # no more requests, or pipelining clients grow our memory without bound.
+        self._write_paused = False
         self._timer: asyncio.TimerHandle | None = None
         self._reset()
 
@@ -415,6 +418,16 @@ class Connection(asyncio.Protocol):
             self._transport.close()
         else:
             self._queue[-1].close = True
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._transport is not None and not self._busy and not self._closing:
+            self._transport.resume_reading()
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -566,7 +579,7 @@ class Connection(asyncio.Protocol):
             decision = refuse(errors.InternalError())
         assert pending.request is not None
         self._respond(pending.request, decision, pending)
-        if self._transport is not None and not self._closing:
+        if self._transport is not None and not self._closing and not self._write_paused:
             self._transport.resume_reading()
         self._drain()
 
