@@ -22,7 +22,7 @@ from .core.request import CONTEXT_RULE_KEY, AuthRequest
 from .introspection import Introspector
 from .keys.jwks import KeySet
 from .keys.source import KeySource
-from .replay import MemoryReplayStore, ReplayStore, ReplayStoreDown
+from .replay import MemoryReplayStore, ReplayStore
 
 _log = logs.get("extauthz.decision")
 
@@ -119,7 +119,7 @@ class Authorizer:
                     return ReplayCheck(result)  # a shared store: ask it without blocking
                 try:
                     return self._claimed(result, self.replay.claim_now(*result.replay))
-                except ReplayStoreDown:
+                except errors.ReplayStoreDown:
                     return self._refused(result, errors.ReplayStoreUnavailable())
             return result
         except Exception:  # fail closed on bugs; never let an exception reach a proxy
@@ -150,7 +150,7 @@ class Authorizer:
         assert decision.replay is not None
         try:
             fresh = await self.replay.claim(*decision.replay)
-        except ReplayStoreDown:
+        except errors.ReplayStoreDown:
             return self._refused(decision, errors.ReplayStoreUnavailable())
         return self._claimed(decision, fresh)
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, config, logs
-from .errors import ConfigError
+from .errors import ConfigError, LogSettingError
 
 if TYPE_CHECKING:
     from .dev.client import ClientKey
@@ -513,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.log_format,
             default_format="text" if args.command == "demo" else None,
         )
-    except logs.LogSettingError as exc:
+    except LogSettingError as exc:
         print(f"extauthz: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return int(args.func(args))

@@ -8,6 +8,7 @@
     ├── JwksError                 a JWKS document holds no usable key (parse, not I/O)
     │   └── KeyFetchError         a JWKS could not be fetched or read (I/O)
     ├── EnvoyStartError           the development Envoy did not start
+    ├── ReplayStoreDown           the DPoP replay store could not be asked (becomes a 503)
     └── Denied                    a request is refused; ``kind`` says how
         ├── MissingToken            no credentials where a token is required
         ├── NoRuleMatched           default_action: deny and no rule matched
@@ -68,6 +69,10 @@ class KeyFetchError(JwksError):
 
 class EnvoyStartError(ExtAuthzError, RuntimeError):
     """The development Envoy (``extauthz demo``) exited or did not become ready."""
+
+
+class ReplayStoreDown(ExtAuthzError):
+    """The replay store could not be asked; the caller must not accept the proof."""
 
 
 class UnsafeHeaderValue(ValueError):

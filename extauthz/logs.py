@@ -13,6 +13,8 @@ from typing import Any, TextIO, cast
 
 import structlog
 
+from .errors import LogSettingError
+
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("json", "text")
 LEVEL_ENV = "EXTAUTHZ_LOG_LEVEL"
@@ -33,10 +35,6 @@ class _Stderr:
 
     def flush(self) -> None:
         sys.stderr.flush()
-
-
-class LogSettingError(ValueError):
-    """A log level or format that is not one of the choices (message names its source)."""
 
 
 def _choice(value: str | None, source: str, allowed: tuple[str, ...]) -> str | None:

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import logs, metrics
+from .errors import ReplayStoreDown
 
 _log = logs.get("extauthz.replay")
 
@@ -28,10 +29,6 @@ MEMORY_ENTRIES = 100_000
 REDIS_TIMEOUT = 0.25
 #: Connections to Redis per process at most; more concurrent claims wait for one.
 REDIS_CONNECTIONS = 64
-
-
-class ReplayStoreDown(Exception):
-    """The store could not be asked; the caller must not accept the proof."""
 
 
 class MemoryReplayStore:

@@ -41,12 +41,13 @@ from extauthz.errors import (
     DenyKind,
     InvalidDpopProof,
     InvalidRequest,
+    ReplayStoreDown,
 )
 from extauthz.frontdoor import grpc as grpc_door
 from extauthz.frontdoor import http as http_door
 from extauthz.keys import jwks
 from extauthz.keys.source import InlineFetcher, KeySource
-from extauthz.replay import MEMORY_ENTRIES, MemoryReplayStore, ReplayStoreDown
+from extauthz.replay import MEMORY_ENTRIES, MemoryReplayStore
 from tests.support.answers import wire
 from tests.support.certs import CA
 from tests.support.signing import Signer, b64, claims
