@@ -158,6 +158,29 @@ def test_unknown_context_rule_fails_closed() -> None:
     assert not d.allowed and d.reason == "unknown_rule" and wire(d).http_status == 401
 
 
+def test_an_ignored_context_extension_is_named_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """A route that sets `required_scope: admin` believes in a check that never runs: the
+    log names each key extauthz does not read, once per process."""
+    from extauthz import logs
+    from extauthz.authorizer import Authorizer
+
+    logs.configure("info", "json")
+    authorizer = Authorizer(POLICY, {})
+    key = f"required_scope_{time.monotonic_ns()}"  # once per process: a name never seen
+    for _ in range(3):
+        req = AuthRequest(
+            path="/healthz", context_extensions={key: "admin", "extauthz_rule": "health"}
+        )
+        assert authorizer.first(req).allowed  # type: ignore[union-attr]
+    named = [
+        json.loads(line)
+        for line in capsys.readouterr().err.splitlines()
+        if '"context_extension_ignored"' in line
+    ]
+    assert [n["key"] for n in named] == [key]
+    assert "extauthz_rule" in named[0]["hint"]
+
+
 @pytest.mark.parametrize(("action", "allowed"), [("deny", False), ("allow", True)])
 def test_default_action_when_no_rule_matches(action: str, allowed: bool) -> None:
     cfg = {**CONFIG, "rules": [CONFIG["rules"][0]], "default_action": action}
