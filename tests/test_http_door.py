@@ -3,6 +3,7 @@ and pipelining, RFC 9728 metadata, and hostile bytes on the port."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -219,6 +220,58 @@ def test_a_client_that_never_reads_its_answers_stops_being_read(door: ServerThre
             if c._transport is not None
         ]
     assert buffered and max(buffered) < 1_000_000, buffered
+
+
+class _Recorder(asyncio.Transport):
+    """What a connection writes, and whether it reads: the slices of a flood are
+    visible only at this level (on a socket they look the same once done)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answers = 0
+        self.reading = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.answers += bytes(data).count(b"HTTP/1.1 ")
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_pipelined_flood_is_answered_a_slice_per_turn_of_the_loop() -> None:
+    """Thousands of requests in one read are not all answered before any other
+    connection gets a turn (that stalled the event loop for most of a second)."""
+    from extauthz import config as cfgmod
+    from extauthz.authorizer import Authorizer
+    from extauthz.core.policy import Policy
+
+    cfg = cfgmod.from_mapping(config())
+    assert cfg.server.http is not None
+    door_ = http_door.Door(cfg.server.http, Authorizer(Policy(cfg), {}))
+    connection = door_.protocol()
+    transport = _Recorder()
+    connection.connection_made(transport)
+    one = b"GET /public/x HTTP/1.1\r\nhost: a\r\n\r\n"
+    count = 20 * http_door.FEED_BYTES // len(one)
+    connection.data_received(one * count)
+    first = transport.answers
+    assert 0 < first <= http_door.FEED_BYTES // len(one) + 1
+    assert not transport.reading  # the rest waits; nothing new is read meanwhile
+    for _ in range(100):
+        if transport.answers == count:
+            break
+        await asyncio.sleep(0)  # one turn of the loop: one more slice
+    assert transport.answers == count and transport.reading
+    connection.connection_lost(None)
 
 
 # -- original-request modes --------------------------------------------------------------

@@ -58,6 +58,9 @@ IDLE_TIMEOUT = 75.0
 #: http_service timeout defaults to 200 ms. (An introspection call is waited for up to
 #: its provider's `timeout`, which the operator sets below the proxy's.)
 UNKNOWN_KID_WAIT = 0.1
+#: Bytes parsed per turn of the event loop: a client that pipelines thousands of requests
+#: in one read is answered a slice at a time, and the other connections in between.
+FEED_BYTES = 16 * 1024
 #: Encoded allow answers kept for the hottest tokens (FIFO).
 MEMO_SIZE = 256
 
@@ -391,6 +394,8 @@ class Connection(asyncio.Protocol):
         # The client does not read its answers (the transport's buffer is full): read
         # no more requests, or pipelining clients grow our memory without bound.
         self._write_paused = False
+        self._unfed = b""  # read but not yet parsed: waits for the next slice's turn
+        self._feed_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._reset()
 
@@ -426,8 +431,34 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._transport is not None and not self._busy and not self._closing:
+        self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        """Read again, unless an answer is being decided, the client is not reading its
+        answers, or the connection is closing; bytes already read come first."""
+        if self._transport is None or self._busy or self._closing or self._write_paused:
+            return
+        if self._unfed:
+            self._schedule_feed()
+        else:
             self._transport.resume_reading()
+
+    def _schedule_feed(self) -> None:
+        if not self._feed_scheduled:
+            self._feed_scheduled = True
+            asyncio.get_running_loop().call_soon(self._feed_more)
+
+    def _feed_more(self) -> None:
+        self._feed_scheduled = False
+        if self._transport is None or self._closing:
+            self._unfed = b""
+            return
+        if self._busy or self._write_paused:
+            return  # _resolved or resume_writing carries on
+        data, self._unfed = self._unfed, b""
+        self._feed(data)
+        if not self._unfed:
+            self._resume_reading()
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -436,13 +467,25 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        if self._unfed:  # earlier bytes still wait for their turn: keep the order
+            self._unfed += data
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Parse one slice now; leave the rest for a later turn of the event loop."""
+        chunk, rest = data[:FEED_BYTES], data[FEED_BYTES:]
         try:
-            self._parser.feed_data(data)
+            self._parser.feed_data(chunk)
         except httptools.HttpParserUpgrade:
             # The head was read and is answered; no protocol switch follows here.
             self.close_when_idle()
         except (httptools.HttpParserError, _HeadTooLarge):
             self._fail("malformed or oversized request")
+        if rest and not self._closing and self._transport is not None:
+            self._unfed = rest
+            self._transport.pause_reading()
+            self._resume_reading()  # schedules the next slice unless reading is held
 
     def _arm(self, seconds: float) -> None:
         self._disarm()
@@ -579,8 +622,7 @@ class Connection(asyncio.Protocol):
             decision = refuse(errors.InternalError())
         assert pending.request is not None
         self._respond(pending.request, decision, pending)
-        if self._transport is not None and not self._closing and not self._write_paused:
-            self._transport.resume_reading()
+        self._resume_reading()
         self._drain()
 
     def _respond(self, req: AuthRequest, decision: Decision, pending: _Pending) -> None:
