@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from extauthz.dev.wire import external_auth_pb2, external_auth_pb2_grpc
 
 ISSUER = "https://issuer.bench.invalid"
 AUDIENCE = "api"

@@ -34,14 +34,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from extauthz import config, logs
-from extauthz import replay as replay_store
-from extauthz.authorizer import Authorizer
-from extauthz.core.policy import Policy
-from extauthz.core.request import AuthRequest
+from extauthz import AuthRequest
 from extauthz.dev.client import ClientKey, generate_key, make_proof, thumbprint
-from extauthz.keys.source import InlineFetcher, KeySource
-from extauthz.replay import MEMORY_ENTRIES, ReplayStore
+from extauthz.dev.inprocess import MEMORY_REPLAY_ENTRIES, InProcess
 
 from .common import (
     AUDIENCE,
@@ -125,29 +120,18 @@ def cases(b: Bench) -> list[Case]:
     ]  # fmt: skip
 
 
-def provider_config(keys: Keys, store: str) -> config.Config:
+def provider_config(keys: Keys, store: str) -> dict[str, Any]:
     # One provider accepting both schemes (dpop: {}), so only the request differs.
-    return config.from_mapping({
+    return {
         "server": {"admin_listen": None, "replay_store": store},
         "providers": {PROVIDER: {
             "issuer": ISSUER, "audiences": [AUDIENCE], "jwks": keys.jwks(("EdDSA",)),
             "algorithms": ["EdDSA"], "dpop": {},
         }},
-    })  # fmt: skip
+    }  # fmt: skip
 
 
-async def authorizer(keys: Keys, cfg: config.Config, replay: ReplayStore) -> Authorizer:
-    # As the server builds it, with the inline JWKS loaded before the first request.
-    sources = {}
-    for name, prov in cfg.providers.items():
-        source = KeySource(name, prov, InlineFetcher(keys.jwks(("EdDSA",))))
-        if not await source.refresh("startup"):
-            raise BenchError(f"provider {name}: keys did not load")
-        sources[name] = source
-    return Authorizer(Policy(cfg), sources, replay=replay)
-
-
-async def decide_all(auth: Authorizer, requests: list[AuthRequest], case: str) -> None:
+async def decide_all(auth: InProcess, requests: list[AuthRequest], case: str) -> None:
     for req in requests:
         d = await auth.check(req)
         if not d.allowed:
@@ -156,12 +140,10 @@ async def decide_all(auth: Authorizer, requests: list[AuthRequest], case: str) -
 
 async def run_once(case: Case, b: Bench, redis_url: str | None, n: int) -> None:
     store = redis_url if case.store == "redis" and redis_url else "memory"
-    cfg = provider_config(b.keys, store)
     # A new authorizer and store per run, built from server.replay_store as the server
     # does: empty caches, an empty memory store; the warm-up opens Redis's connection.
-    replay = replay_store.build(cfg.server.replay_store)
+    auth = await InProcess.start(provider_config(b.keys, store))
     try:
-        auth = await authorizer(b.keys, cfg, replay)
         await decide_all(auth, case.make(WARMUP), case.name)
         requests = case.make(n)
         gc.collect()  # not the previous run's garbage on this run's clock
@@ -169,7 +151,7 @@ async def run_once(case: Case, b: Bench, redis_url: str | None, n: int) -> None:
         await decide_all(auth, requests, case.name)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     finally:
-        await replay.close()
+        await auth.close()
     case.cpu_us.append(cpu / n * 1e6)
     case.wall_us.append(wall / n * 1e6)
 
@@ -273,10 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redis", help="replay store for dpop_redis (default: start redis-server)")
     args = p.parse_args(argv)
     n, r = max(1, args.iterations), max(1, args.repeat)
-    if n + WARMUP > MEMORY_ENTRIES:  # the memory store refuses when full: denials
-        p.error(f"--iterations: at most {MEMORY_ENTRIES - WARMUP}")
+    if n + WARMUP > MEMORY_REPLAY_ENTRIES:  # the memory store refuses when full: denials
+        p.error(f"--iterations: at most {MEMORY_REPLAY_ENTRIES - WARMUP}")
 
-    logs.configure("warning")  # not a "jwks_changed" line per run
     b = Bench(Keys.generate(), generate_key("ES256"), generate_key("EdDSA"))
     all_cases = cases(b)
     why_missing: dict[str, str] = {}

@@ -17,9 +17,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2 as pb
-from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
-from extauthz._proto.google.rpc import status_pb2
+from extauthz.dev.wire import external_auth_pb2 as pb
+from extauthz.dev.wire import external_auth_pb2_grpc, status_pb2
 
 OK = pb.CheckResponse(status=status_pb2.Status(code=0), ok_response=pb.OkHttpResponse())
 

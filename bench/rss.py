@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 
-from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
+from extauthz.dev.wire import external_auth_pb2_grpc
 
 from .common import BenchError, Keys, check_request, stop, vm_status
 from .contenders import Contender, start_server
