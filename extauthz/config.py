@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -201,6 +202,22 @@ class IntrospectionSettings(_Model):
     def _http_url(cls, value: str) -> str:
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// URL")
+        if urlsplit(value).username is not None:
+            raise ValueError(
+                "must not carry credentials (user:password@): extauthz authenticates with "
+                "client_id and client_secret_file, and the URL is logged"
+            )
+        return value
+
+    @field_validator("ca_file")
+    @classmethod
+    def _usable_ca(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                ssl.create_default_context(cafile=value)
+            except (OSError, ssl.SSLError) as exc:
+                why = getattr(exc, "strerror", None) or "not PEM certificates"
+                raise ValueError(f"cannot load {value}: {why}") from None
         return value
 
     @field_validator("client_secret_file")

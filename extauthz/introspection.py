@@ -34,6 +34,12 @@ _log = logs.get("extauthz.introspection")
 MAX_ANSWER_BYTES = 64 * 1024
 #: Connections kept to one endpoint.
 MAX_CONNECTIONS = 32
+#: Calls in flight to one endpoint at most; past it, a token without a cached answer is
+#: a 503 at once: a flood of made-up tokens cannot queue without bound behind the pool.
+MAX_IN_FLIGHT = 4 * MAX_CONNECTIONS
+#: Answers larger than this are used for their request but not cached: the cache's
+#: memory stays about entries times a small claim set, whatever the endpoint sends.
+MAX_CACHED_ANSWER_BYTES = 8 * 1024
 
 
 class _Failed(Exception):
@@ -72,13 +78,20 @@ class Introspector:
         self.name = name
         self.settings: IntrospectionSettings = provider.introspection
         self.cache = AnswerCache(self.settings.cache_size)
+        # Inactive answers apart, and fewer: made-up tokens cannot push out active ones.
+        self.negatives = AnswerCache(max(1, self.settings.cache_size // 4))
         self._clock = clock
         self._auth = basic_credentials(self.settings.client_id, self.settings.client_secret)
         self._inflight: dict[bytes, asyncio.Task[Answer]] = {}
         self._session: aiohttp.ClientSession | None = None
 
     def cached(self, token: str, now: float) -> Answer | None:
-        return self.cache.get(digest(token), now)
+        key = digest(token)
+        return self.cache.get(key, now) or self.negatives.get(key, now)
+
+    @property
+    def entries(self) -> int:
+        return len(self.cache) + len(self.negatives)
 
     async def introspect(self, token: str, budget: float) -> Answer:
         """``token``'s answer, from a call made now or already in flight (it is cached
@@ -87,6 +100,8 @@ class Introspector:
         key = digest(token)
         task = self._inflight.get(key)
         if task is None:
+            if len(self._inflight) >= MAX_IN_FLIGHT:
+                raise errors.IntrospectionUnavailable("too many introspection calls in flight")
             task = asyncio.create_task(self._call(key, token))
             self._inflight[key] = task
             task.add_done_callback(lambda done: self._finished(key, done))
@@ -94,9 +109,16 @@ class Introspector:
             return await asyncio.wait_for(asyncio.shield(task), budget)
         except TimeoutError:
             raise errors.IntrospectionUnavailable("token introspection timed out") from None
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if task.cancelled() and me is not None and not me.cancelling():
+                # The call was cut (the process stopping), not this request: an answer.
+                raise errors.IntrospectionUnavailable() from None
+            raise
 
     def _finished(self, key: bytes, task: asyncio.Task[Answer]) -> None:
-        self._inflight.pop(key, None)
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
         if not task.cancelled():
             task.exception()  # retrieved: every waiter may have given up already
 
@@ -104,10 +126,12 @@ class Introspector:
         started = time.perf_counter()
         result = "error"
         try:
-            answer = await self._ask(token)
+            answer, size = await self._ask(token)
             result = "active" if answer.active else "inactive"
-            now = self._clock()
-            self.cache.put(key, answer, kept_until(answer, self.settings, now), now)
+            if size <= MAX_CACHED_ANSWER_BYTES:
+                now = self._clock()
+                cache = self.cache if answer.active else self.negatives
+                cache.put(key, answer, kept_until(answer, self.settings, now), now)
             return answer
         except _Failed as exc:
             _log.warning(
@@ -121,7 +145,7 @@ class Introspector:
             metrics.INTROSPECTIONS.labels(self.name, result).inc()
             metrics.INTROSPECTION_DURATION.labels(self.name).observe(time.perf_counter() - started)
 
-    async def _ask(self, token: str) -> Answer:
+    async def _ask(self, token: str) -> tuple[Answer, int]:
         endpoint, timeout = self.settings.endpoint, self.settings.timeout
         try:
             async with self._client().post(
@@ -141,7 +165,11 @@ class Introspector:
                 body = await _read_capped(resp)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise _Failed(describe(exc, endpoint, timeout)) from None
-        return parse_answer(body)
+        except _Failed:
+            raise
+        except Exception as exc:  # anything else the client raises: named, not shown
+            raise _Failed(f"{exc.__class__.__name__} asking {endpoint}") from None
+        return parse_answer(body), len(body)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -156,8 +184,13 @@ class Introspector:
         return self._session
 
     async def close(self) -> None:
-        for task in list(self._inflight.values()):
-            task.cancel()
+        """Let the calls in flight finish (each within ``timeout``: their requests get
+        their answers), then close the connections."""
+        calls = list(self._inflight.values())
+        if calls:
+            await asyncio.wait(calls, timeout=self.settings.timeout)
+        for call in calls:
+            call.cancel()  # only those still running past their own timeout
         if self._session is not None:
             await self._session.close()
 

@@ -600,3 +600,108 @@ def test_the_http_door_waits_for_an_introspection_up_to_its_timeout(
         endpoint.gate.set()
         asking.join(10)
     assert answers == [200]
+
+
+async def test_closing_lets_a_call_in_flight_answer_its_requests(
+    built: tuple[Authorizer, Clock], endpoint: IntrospectionServer
+) -> None:
+    """A reload retires an introspector while requests wait on it: they still get an
+    answer (a gRPC Check without one would leave Envoy to its failure mode)."""
+    authorizer, _ = built
+    endpoint.answers["tok"] = active()
+    endpoint.gate = threading.Event()
+    waiting = asyncio.ensure_future(authorizer.check(request("tok")))
+    deadline = time.monotonic() + 10
+    while endpoint.calls < 1:
+        assert time.monotonic() < deadline, "the call never arrived"
+        await asyncio.sleep(0.01)
+    closing = asyncio.ensure_future(authorizer.introspectors["corp"].close())
+    await asyncio.sleep(0)  # close() is now waiting for the call
+    assert not closing.done()
+    endpoint.gate.set()
+    assert allowed(await waiting)
+    await closing
+
+
+async def test_calls_in_flight_are_bounded(
+    built: tuple[Authorizer, Clock],
+    endpoint: IntrospectionServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from extauthz import introspection
+
+    monkeypatch.setattr(introspection, "MAX_IN_FLIGHT", 2)
+    authorizer, _ = built
+    endpoint.gate = threading.Event()
+    held = [asyncio.ensure_future(authorizer.check(request(f"t{i}"))) for i in range(2)]
+    deadline = time.monotonic() + 10
+    while endpoint.calls < 2:
+        assert time.monotonic() < deadline, "the calls never arrived"
+        await asyncio.sleep(0.01)
+    third = await authorizer.check(request("t3"))
+    assert third.reason == "introspection_unavailable"
+    assert third.description == "too many introspection calls in flight"
+    endpoint.gate.set()
+    await asyncio.gather(*held)
+    assert endpoint.calls == 2
+
+
+async def test_made_up_tokens_do_not_push_out_active_answers(
+    endpoint: IntrospectionServer, secret_file: Path
+) -> None:
+    cfg = config.from_mapping(
+        {"providers": {"corp": provider(endpoint, secret_file, cache_size=8)}}
+    )
+    clock = Clock()
+    introspector = Introspector("corp", cfg.providers["corp"], clock=clock)
+    authorizer = Authorizer(Policy(cfg), {}, introspectors={"corp": introspector}, clock=clock)
+    try:
+        endpoint.answers["real"] = active()
+        assert allowed(await authorizer.check(request("real")))
+        for i in range(50):  # inactive answers: their own, smaller table
+            assert (await authorizer.check(request(f"junk{i}"))).reason == "inactive_token"
+        assert allowed(await authorizer.check(request("real")))
+        assert endpoint.calls == 51  # the real token's answer was still cached
+        assert introspector.entries <= 8 + 2
+    finally:
+        await introspector.close()
+
+
+async def test_a_large_answer_is_used_but_not_cached(
+    built: tuple[Authorizer, Clock], endpoint: IntrospectionServer
+) -> None:
+    authorizer, _ = built
+    endpoint.answers["big"] = active(notes="x" * 10_000)
+    for _ in range(2):
+        assert allowed(await authorizer.check(request("big")))
+    assert endpoint.calls == 2
+
+
+async def test_an_opaque_token_with_dots_is_introspected(
+    built: tuple[Authorizer, Clock], endpoint: IntrospectionServer
+) -> None:
+    """Three dot-separated segments are a JWS only when the first is a JSON header:
+    PASETO-style tokens are opaque."""
+    authorizer, _ = built
+    endpoint.answers["v4.local.abc_DEF-123"] = active()
+    assert allowed(await authorizer.check(request("v4.local.abc_DEF-123")))
+    assert endpoint.calls == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "words"),
+    [
+        pytest.param({"endpoint": "https://user:pw@idp.example/i"},
+                     "providers.corp.introspection.endpoint", "credentials", id="userinfo"),
+        pytest.param({"ca_file": "/nonexistent/ca.pem"}, "providers.corp.introspection.ca_file",
+                     "cannot load", id="missing-ca"),
+    ],
+)  # fmt: skip
+def test_endpoint_credentials_and_a_bad_ca_file_are_refused_at_load(
+    endpoint: IntrospectionServer, secret_file: Path, change: dict[str, Any], path: str, words: str
+) -> None:
+    data = provider(endpoint, secret_file)
+    data["introspection"].update(change)
+    with pytest.raises(ConfigError) as caught:
+        config.from_mapping({"providers": {"corp": data}})
+    assert any(p == path and words in m for p, m in caught.value.problems), caught.value.problems

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -128,15 +129,20 @@ def extract(headers: Mapping[str, str], path: str, sources: Iterable[TokenSource
 
 
 def is_compact_jws(token: str) -> bool:
-    """Three base64url segments (the first two non-empty): the JWT path's. Anything
-    else is an opaque token, for introspection."""
+    """Three base64url segments, the first a JSON object (a JOSE header starts with
+    ``eyJ``, base64url for ``{"``, whitespace aside): the JWT path's. Anything else
+    (PASETO's ``v4.local.…`` included) is an opaque token, for introspection."""
     parts = token.split(".")
-    return (
-        len(parts) == 3
-        and bool(parts[0])
-        and bool(parts[1])
-        and all(_B64URL.fullmatch(p) for p in parts)
-    )
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        return False
+    if not all(_B64URL.fullmatch(p) for p in parts):
+        return False
+    head = parts[0][:8]
+    try:
+        start = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))
+    except ValueError:
+        return False
+    return start.lstrip(b" \t\r\n").startswith(b"{")
 
 
 def is_b64token(token: str) -> bool:

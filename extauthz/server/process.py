@@ -201,7 +201,7 @@ class ServingProcess:
             entry = status["providers"].setdefault(name, {})
             entry["introspection"] = {
                 "endpoint": introspector.settings.endpoint,
-                "cached_answers": len(introspector.cache),
+                "cached_answers": introspector.entries,
             }
         return status
 
