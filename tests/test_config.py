@@ -684,6 +684,19 @@ def test_a_redis_password_never_appears_in_check_config_output(tmp_path: Path) -
         assert "replay-user-x1" not in text  # nor the user name
 
 
+def test_summary_names_the_http_front_door() -> None:
+    http = {"listen": "127.0.0.1:9000", "original_request": "forwarded",
+            "trusted_proxies": ["10.0.0.0/8"], "path_prefix": "/check"}  # fmt: skip
+    text = config.summary(config.from_mapping({"server": {"http": http},
+                                               "providers": {"p": provider()}}))  # fmt: skip
+    assert (
+        "http front door: 127.0.0.1:9000, original request from forwarded, "
+        "path_prefix /check, trusted proxies 10.0.0.0/8"
+    ) in text
+    plain = config.summary(config.from_mapping({"providers": {"p": provider()}}))
+    assert "http front door" not in plain
+
+
 def test_summary_shows_dpop_and_require_typ() -> None:
     cfg = config.from_mapping(
         {"providers": {"p": provider(dpop={"required": True, "algorithms": ["ES256"]},
