@@ -449,6 +449,10 @@ def test_the_secret_is_read_stripped_and_never_shown(
                      "", id="bad-duration"),
         pytest.param({"timeout": "0s"}, "providers.corp.introspection.timeout",
                      "more than 0", id="no-time-at-all"),
+        pytest.param({"endpoint": "https://user:pw@idp.example/i"},
+                     "providers.corp.introspection.endpoint", "credentials", id="userinfo"),
+        pytest.param({"ca_file": "/nonexistent/ca.pem"}, "providers.corp.introspection.ca_file",
+                     "cannot load", id="missing-ca"),
     ],
 )  # fmt: skip
 def test_a_bad_introspection_setting_names_its_key(
@@ -686,22 +690,3 @@ async def test_an_opaque_token_with_dots_is_introspected(
     endpoint.answers["v4.local.abc_DEF-123"] = active()
     assert allowed(await authorizer.check(request("v4.local.abc_DEF-123")))
     assert endpoint.calls == 1
-
-
-@pytest.mark.parametrize(
-    ("change", "path", "words"),
-    [
-        pytest.param({"endpoint": "https://user:pw@idp.example/i"},
-                     "providers.corp.introspection.endpoint", "credentials", id="userinfo"),
-        pytest.param({"ca_file": "/nonexistent/ca.pem"}, "providers.corp.introspection.ca_file",
-                     "cannot load", id="missing-ca"),
-    ],
-)  # fmt: skip
-def test_endpoint_credentials_and_a_bad_ca_file_are_refused_at_load(
-    endpoint: IntrospectionServer, secret_file: Path, change: dict[str, Any], path: str, words: str
-) -> None:
-    data = provider(endpoint, secret_file)
-    data["introspection"].update(change)
-    with pytest.raises(ConfigError) as caught:
-        config.from_mapping({"providers": {"corp": data}})
-    assert any(p == path and words in m for p, m in caught.value.problems), caught.value.problems
