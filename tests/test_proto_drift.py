@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import subprocess
 import sys
@@ -66,6 +67,15 @@ def test_dependency_floors_cover_the_generated_code() -> None:
     assert _floor("protobuf") >= max(protobuf_needs)
     if grpc_needs:
         assert _floor("grpcio") >= max(grpc_needs)
+
+
+def test_the_joserfc_floor_is_the_one_security_md_names() -> None:
+    """SECURITY.md lists the joserfc advisories behind the floor: pyproject may not
+    allow an older joserfc, nor SECURITY.md name another floor."""
+    stated = re.search(r"requires joserfc ([\d.]+) or later", (ROOT / "SECURITY.md").read_text())
+    assert stated, "SECURITY.md names no joserfc floor"
+    assert _floor("joserfc") == _version(stated.group(1)) >= (1, 7, 4)
+    assert _version(importlib.metadata.version("joserfc")) >= _floor("joserfc")
 
 
 def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
