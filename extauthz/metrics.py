@@ -48,6 +48,13 @@ JWKS_AGE = Gauge(
     registry=REGISTRY,
     multiprocess_mode="livemax",
 )
+JWKS_KEYS_SKIPPED = Gauge(
+    "extauthz_jwks_keys_skipped",
+    "Keys of the current JWKS that were skipped as unusable or unsafe (each logged).",
+    ["provider"],
+    registry=REGISTRY,
+    multiprocess_mode="livemax",
+)
 UNKNOWN_KID = Counter(
     "extauthz_unknown_kid",
     "Tokens whose kid was not in the provider's key set.",

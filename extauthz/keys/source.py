@@ -375,6 +375,7 @@ class KeySource:
         old = self._keys
         self._keys = new
         metrics.JWKS_KEYS.labels(self.name).set(len(new.keys))
+        metrics.JWKS_KEYS_SKIPPED.labels(self.name).set(len(new.skipped))
         for label, why in new.skipped:
             _log.warning("jwks_key_skipped", provider=self.name, kid=label, reason=why)
         old_kids = old.kids if old else frozenset()

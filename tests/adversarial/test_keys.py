@@ -17,6 +17,7 @@ from joserfc.jwk import OctKey, RSAKey
 from joserfc.util import urlsafe_b64decode
 
 from extauthz import config as cfgmod
+from extauthz import metrics
 from extauthz.core.decision import Decision
 from extauthz.core.policy import Policy
 from extauthz.core.request import AuthRequest
@@ -155,6 +156,24 @@ def test_min_rsa_bits_is_applied_by_the_key_source() -> None:
         assert server.call(src.wait_ready(1.0)) is False
         assert src.usable() is None and "below 3072" in (src.last_error or "")
         assert not server.server.ready, "a provider whose keys are all refused is not ready"
+
+
+def test_skipped_keys_are_counted_and_never_usable() -> None:
+    good = Signer("RS256", kid="good")
+    weak = okp(bytes.fromhex(ED25519_DEGENERATE["identity"]), kid="weak")
+    cfg = {
+        "server": {"listen": "127.0.0.1:0", "admin_listen": None},
+        "providers": {
+            "counted": {"issuer": ISS, "audiences": ["api"],
+                        "jwks": {"keys": [good.jwk(), weak]}},
+        },
+    }  # fmt: skip
+    with ServerThread(cfg) as server:
+        server.wait_ready()
+        assert server.server.sources["counted"].usable().kids == {"good"}  # type: ignore[union-attr]
+        labels = {"provider": "counted"}
+        assert metrics.REGISTRY.get_sample_value("extauthz_jwks_keys_skipped", labels) == 1
+        assert metrics.REGISTRY.get_sample_value("extauthz_jwks_keys", labels) == 1
 
 
 @pytest.mark.parametrize(
