@@ -24,7 +24,15 @@ from pathlib import Path
 
 from . import report
 from .common import NPROC, BenchError, Keys, NotAvailable, dump_json, mint_many_eddsa
-from .contenders import BY_NAME, CONTENDERS, run_once
+from .contenders import (
+    BY_NAME,
+    CONTENDERS,
+    FIXED_LEVEL,
+    FIXED_RATE,
+    MAX_FRACTION,
+    max_level,
+    run_once,
+)
 
 GROUPS = {
     g: [c.name for c in CONTENDERS if c.group == g] for g in ("grpc", "envoy", "http", "latency")
@@ -56,6 +64,28 @@ def _names(only: str | None) -> list[str]:
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def latency_levels(order: list[str], keys: Keys, workdir: Path, duration: float,
+                   outcomes: dict[str, report.Outcome]) -> dict[str, float]:  # fmt: skip
+    """The open-loop rates of the latency contenders, the same for all of them: 1,000
+    rps, and 70 % of the maximum of each extauthz contender (of each contender when no
+    extauthz one runs), measured first (closed loop, wrk)."""
+    lat = [n for n in order if BY_NAME[n].group == "latency"]
+    if not lat:
+        return {}
+    levels = {FIXED_LEVEL: FIXED_RATE}
+    for name in [n for n in lat if BY_NAME[n].server == "extauthz"] or lat:
+        try:
+            top = run_once(BY_NAME[name], keys, workdir, f"{name}.max", duration, 0.0).rps
+        except BenchError as exc:
+            o = outcomes[name]
+            o.status, o.message = "error", str(exc).splitlines()[0]
+            _say(f"  {name}: ABORTED measuring its maximum: {exc}")
+            continue
+        levels[max_level(name)] = MAX_FRACTION * top
+        _say(f"  {name}: maximum {top:,.0f} rps -> open loop at {MAX_FRACTION * top:,.0f} rps")
+    return levels
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,13 +129,15 @@ def main(argv: list[str] | None = None) -> int:
 
     outcomes = {n: report.Outcome(n) for n in names if n != "rss"}
     order = [n for n in names if n != "rss"]
+    levels = latency_levels(order, keys, workdir, duration, outcomes)
     for rep in range(repeat):
         for name in order if rep % 2 == 0 else list(reversed(order)):
             o = outcomes[name]
             if o.status != "ok":
                 continue  # aborted or not available: do not retry every repeat
             try:
-                res = run_once(BY_NAME[name], keys, workdir, f"{name}.{rep}", duration, warmup)
+                res = run_once(BY_NAME[name], keys, workdir, f"{name}.{rep}", duration, warmup,
+                               levels)  # fmt: skip
             except NotAvailable as exc:
                 o.status, o.message = "na", str(exc).splitlines()[0]
                 _say(f"  {name}: n/a ({o.message})")

@@ -21,7 +21,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +162,9 @@ class RunResult:
     cpu: dict[str, float] = field(default_factory=dict)  # process label -> CPU seconds
     wall: float = 0.0
     commands: list[str] = field(default_factory=list)
+    #: Latency runs: level label -> achieved rps (``"<label>|target"``: the rate asked);
+    #: their ``latency_ms`` keys are ``"<label>|<percentile>"``.
+    rates: dict[str, float] = field(default_factory=dict)
 
     def cpu_us_per_request(self, label_prefix: str = "") -> float | None:
         total = sum(v for k, v in self.cpu.items() if k.startswith(label_prefix))
@@ -372,6 +375,47 @@ def verify_envoy(c: Contender, envoy: EnvoyProcess, keys: Keys) -> None:
 
 # ----------------------------------------------------------------- one timed run
 
+#: The open-loop latency rates: a fixed one, and this fraction of a measured maximum.
+FIXED_RATE = 1000.0
+MAX_FRACTION = 0.7
+#: A contender skips another contender's 70 % level above this fraction of its own
+#: maximum (it would measure its own overload, not latency); 1,000 rps always runs.
+SKIP_ABOVE = 0.8
+
+
+def max_level(name: str) -> str:
+    """The label of the level at ``MAX_FRACTION`` of ``name``'s maximum."""
+    return f"{MAX_FRACTION:.0%} of {name} max"
+
+
+FIXED_LEVEL = f"{FIXED_RATE:,.0f} rps"
+
+
+def _latency(c: Contender, url: str, token: str, workdir: Path, tag: str, duration: float,
+             levels: Mapping[str, float] | None, commands: list[str]) -> RunResult:  # fmt: skip
+    """Maximum (closed loop, ``duration / 2``), then each level (open loop)."""
+    t0 = time.monotonic()
+    span = max(1.0, duration / 2)
+    top = drivers.run_wrk(drivers.wrk_command(url, token, span, cores=LOAD_CORES), span,
+                          workdir / f"{tag}.max.wrk.txt")  # fmt: skip
+    commands.append(f"{top.command}  # maximum: {top.rps:,.0f} rps")
+    rates: dict[str, float] = {"max": top.rps}
+    latency: dict[str, float] = {}
+    requests = top.requests
+    for i, (label, rate) in enumerate((levels or {}).items()):
+        if label not in (FIXED_LEVEL, max_level(c.name)) and rate > SKIP_ABOVE * top.rps:
+            continue  # over this contender's capacity: its own queue, not latency
+        log_file = workdir / f"{tag}.level{i}.h2load.log"
+        cmd = drivers.h2load_rate_command(url, token, rate, duration, log_file, cores=LOAD_CORES)
+        res = drivers.run_h2load_rate(cmd, duration, workdir / f"{tag}.level{i}.h2load.txt",
+                                      log_file)  # fmt: skip
+        clients, per_client = drivers.rate_clients(rate)
+        rates[label], rates[f"{label}|target"] = res.rps, clients * per_client
+        latency.update({f"{label}|{p}": v for p, v in res.latency_ms.items()})
+        requests += res.requests
+        commands.append(f"{res.command}  # {label}")
+    return RunResult(top.rps, requests, latency, {}, time.monotonic() - t0, commands, rates)
+
 
 @contextmanager
 def _measured(pids: dict[str, int]) -> Iterator[dict[str, float]]:
@@ -388,7 +432,10 @@ def _measured(pids: dict[str, int]) -> Iterator[dict[str, float]]:
 
 
 def run_once(c: Contender, keys: Keys, workdir: Path, tag: str, duration: float,
-             warmup: float) -> RunResult:  # fmt: skip
+             warmup: float, levels: Mapping[str, float] | None = None) -> RunResult:  # fmt: skip
+    """One timed run. A latency contender first measures its maximum (wrk, closed loop;
+    also its warm-up), then, unless ``levels`` is None, runs at each rate of ``levels``
+    (label -> requests per second) open loop."""
     server: Started | None = None
     envoy: EnvoyProcess | None = None
     try:
@@ -425,28 +472,21 @@ def run_once(c: Contender, keys: Keys, workdir: Path, tag: str, duration: float,
         pids = {"envoy": envoy.proc.pid}
         if server is not None:
             pids["server"] = server.proc.pid
-        script = None
-        conns = drivers.WRK_CONNECTIONS
+        envoy_cmd = shlex.join(str(a) for a in envoy_args)
+        commands = [f"{envoy_cmd}  # then: taskset -a -p -c {ENVOY_CORES} <envoy pid>"]
+        if server is not None:
+            commands.insert(0, server.command)
         if c.group == "latency":
-            script = workdir / "pace.lua"
-            script.write_text(drivers.PACE_LUA, encoding="utf-8")
-            conns = drivers.PACED_CONNECTIONS
+            return _latency(c, url, token, workdir, tag, duration, levels, commands)
         if warmup > 0:
-            drivers.run_wrk(
-                drivers.wrk_command(url, token, warmup, cores=LOAD_CORES, connections=conns),
-                warmup, workdir / f"{tag}.warmup.txt",
-            )  # fmt: skip
-        cmd = drivers.wrk_command(url, token, duration, cores=LOAD_CORES, connections=conns,
-                                  script=script)  # fmt: skip
+            drivers.run_wrk(drivers.wrk_command(url, token, warmup, cores=LOAD_CORES),
+                            warmup, workdir / f"{tag}.warmup.txt")  # fmt: skip
+        cmd = drivers.wrk_command(url, token, duration, cores=LOAD_CORES)
         t0 = time.monotonic()
         with _measured(pids) as cpu:
             res = drivers.run_wrk(cmd, duration, workdir / f"{tag}.wrk.txt")
         wall = time.monotonic() - t0
-        envoy_cmd = shlex.join(str(a) for a in envoy_args)
-        commands = [f"{envoy_cmd}  # then: taskset -a -p -c {ENVOY_CORES} <envoy pid>",
-                    res.command]  # fmt: skip
-        if server is not None:
-            commands.insert(0, server.command)
+        commands.append(res.command)
         return RunResult(res.rps, res.requests, res.latency_ms, cpu, wall, commands)
     finally:
         if envoy is not None:

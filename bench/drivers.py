@@ -1,4 +1,6 @@
-"""Load generators: h2load (gRPC over h2c, direct) and wrk (HTTP/1.1 through Envoy).
+"""Load generators: h2load (gRPC over h2c, direct), wrk (HTTP/1.1 through Envoy, as
+fast as it can: closed loop) and h2load at a constant rate (HTTP/1.1 through Envoy,
+``--h1 --rps``: open loop, for latency).
 
 Each runs as a subprocess pinned with ``taskset``; output is parsed strictly (a line
 we cannot find is an error, never a zero).
@@ -6,6 +8,7 @@ we cannot find is an error, never a zero).
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import subprocess
@@ -18,8 +21,12 @@ from .common import CHECK_PATH, BenchError, taskset
 H2LOAD_CLIENTS = 16
 H2LOAD_STREAMS = 8
 WRK_CONNECTIONS = 32
-PACED_CONNECTIONS = 10
-PACED_DELAY_MS = 10
+#: Open loop: each h2load client (one HTTP/1.1 connection) asks at most this many
+#: requests per second. h2load's rate timer ticks every max(10 ms, 1/rps) per client, so
+#: at 100 rps a client sends one request per tick, and a client waits for an answer
+#: (one request at a time on HTTP/1.1) only if it takes longer than 10 ms.
+RATE_PER_CLIENT = 100
+TICK_MS = 1000 // RATE_PER_CLIENT
 
 
 @dataclass
@@ -80,14 +87,12 @@ def _ms(value: str, unit: str) -> float:
 
 def wrk_command(
     url: str, token: str | None, duration: float, *, cores: str | None,
-    connections: int = WRK_CONNECTIONS, script: Path | None = None,
+    connections: int = WRK_CONNECTIONS,
 ) -> list[str]:  # fmt: skip
     cmd = [*taskset(cores), "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",
            "--latency"]  # fmt: skip
     if token is not None:
         cmd += ["-H", f"authorization: Bearer {token}"]
-    if script is not None:
-        cmd += ["-s", str(script)]
     return [*cmd, url]
 
 
@@ -138,8 +143,78 @@ def _run(
     return res
 
 
-PACE_LUA = f"""-- fixed-rate pacing: each connection waits {PACED_DELAY_MS} ms between requests
-function delay()
-  return {PACED_DELAY_MS}
-end
-"""
+def rate_clients(rate: float) -> tuple[int, int]:
+    """(clients, requests per second of each, a whole number) for about ``rate``
+    requests per second in all (within half a request per second per client)."""
+    clients = max(1, math.ceil(rate / RATE_PER_CLIENT))
+    return clients, max(1, round(rate / clients))
+
+
+def h2load_rate_command(
+    url: str, token: str | None, rate: float, duration: float, log_file: Path, *,
+    cores: str | None,
+) -> list[str]:  # fmt: skip
+    """HTTP/1.1 at a constant ``rate``: h2load sends on schedule whether or not answers
+    came back (open loop), and writes every request's time to ``log_file``.
+
+    h2load's rate timer ticks per client, from its connection on; clients connected
+    together would send together (10 requests at once every 10 ms at 1,000 rps). So the
+    clients connect a tenth of them per millisecond (``-r``; ``--rate-period`` takes
+    whole milliseconds), over the 10 ms of one tick, and their requests interleave: at
+    1,000 rps one per millisecond. ``-n`` (not ``-D``, which excludes ``-r``) sets the
+    length."""
+    clients, per_client = rate_clients(rate)
+    per_ms = math.ceil(clients / TICK_MS)
+    total = max(clients, round(clients * per_client * duration))
+    cmd = [*taskset(cores), "h2load", "--h1", "-t", "1", "-c", str(clients),
+           "-r", str(per_ms), "--rate-period", "1ms", "--rps", str(per_client),
+           "-n", str(total), "--log-file", str(log_file)]  # fmt: skip
+    if token is not None:
+        cmd += ["-H", f"authorization: Bearer {token}"]
+    return [*cmd, url]
+
+
+def percentile(sorted_values: list[float], pct: float) -> float:
+    """Nearest-rank percentile of an ascending list (p99 of 10,000: the 9,900th)."""
+    if not sorted_values:
+        raise ValueError("no values")
+    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def parse_rate_log(text: str) -> tuple[list[float], int]:
+    """(request times in ms of the 2xx answers, ascending; count of the others) from
+    h2load's ``--log-file``: start µs since the epoch, status (-1: failed), µs to the
+    end of the response, tab-separated."""
+    times: list[float] = []
+    bad = 0
+    for line in text.splitlines():
+        cols = line.split("\t")
+        if len(cols) < 3:
+            continue
+        if 200 <= int(cols[1]) < 300:
+            times.append(int(cols[2]) / 1000)
+        else:
+            bad += 1
+    times.sort()
+    return times, bad
+
+
+def run_h2load_rate(cmd: list[str], duration: float, log: Path, log_file: Path) -> LoadResult:
+    """Run :func:`h2load_rate_command`; percentiles are computed from every request's
+    time in ``log_file`` (not h2load's summary, which has no percentiles)."""
+    res = _run("h2load", cmd, duration, log, parse_h2load, need_ok=True,
+               bad_what="failed/non-2xx")  # fmt: skip
+    times, bad = parse_rate_log(log_file.read_text(encoding="utf-8"))
+    if bad or not times:
+        raise BenchError(f"h2load --log-file: {bad} failed/non-2xx, {len(times)} 2xx; see {log}")
+    starts = [int(line.split("\t", 1)[0]) for line in log_file.read_text().splitlines() if line]
+    span_s = (max(starts) - min(starts)) / 1e6
+    if span_s > 0:  # the rate achieved while sending (h2load's req/s counts the wait after)
+        res.rps = (len(starts) - 1) / span_s
+    res.latency_ms = {p: percentile(times, float(p)) for p in PERCENTILES}
+    res.latency_ms["max"] = times[-1]
+    return res
+
+
+PERCENTILES = ("50", "90", "99", "99.9")

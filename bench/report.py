@@ -21,6 +21,7 @@ from .contenders import (
     CONTENDERS,
     ENVOY_CORES,
     LOAD_CORES,
+    SKIP_ABOVE,
     SUT_CORES,
     Contender,
     RunResult,
@@ -49,8 +50,15 @@ class Outcome:
     def rps(self) -> float | None:
         return statistics.median(r.rps for r in self.runs) if self.runs else None
 
-    def latency(self, pct: str) -> float | None:
-        vals = [r.latency_ms[pct] for r in self.runs if pct in r.latency_ms]
+    def latency(self, pct: str, level: str = "") -> float | None:
+        """Median over the runs of a percentile (ms), at one rate ``level`` if given."""
+        key = f"{level}|{pct}" if level else pct
+        vals = [r.latency_ms[key] for r in self.runs if key in r.latency_ms]
+        return statistics.median(vals) if vals else None
+
+    def rate(self, key: str) -> float | None:
+        """Median over the runs of a latency run's rate (see ``RunResult.rates``)."""
+        vals = [r.rates[key] for r in self.runs if key in r.rates]
         return statistics.median(vals) if vals else None
 
     def cpu_us(self, prefix: str = "") -> float | None:
@@ -192,7 +200,21 @@ def machine_info() -> dict[str, str]:
         "envoy": m.group(1) if m else envoy,
         "h2load": _cmd(["h2load", "--version"]),
         "wrk": _cmd(["wrk", "-v"]).split(" Copyright")[0],
+        "commit": _commit(),
     }
+
+
+def _commit() -> str:
+    """The checkout's commit, with ``+ changes`` when its files differ from it."""
+    head = _cmd(["git", "-C", str(_ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(
+        ["git", "-C", str(_ROOT), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    ).stdout.strip()
+    return f"{head} + changes" if dirty else head
 
 
 def core_split() -> str:
@@ -214,7 +236,7 @@ def core_split() -> str:
 _ROOT = Path(__file__).resolve().parent.parent
 # A path to a file the bench writes into its work directory; group 1 is that directory.
 _WORKDIR_FILE = re.compile(
-    r"(\S+)/(?:[^/\s]+\.extauthz\.yaml|[^/\s]+\.check\.bin|pace\.lua|[^/\s]+\.envoy/)"
+    r"(\S+)/(?:[^/\s]+\.extauthz\.yaml|[^/\s]+\.check\.bin|[^/\s]+\.h2load\.log|[^/\s]+\.envoy/)"
 )
 
 
@@ -262,7 +284,8 @@ def markdown(
              "doors to do-nothing servers behind the same Envoy. h2load sends "
              "gRPC requests (a serialized CheckRequest behind the 5-byte gRPC frame header; "
              "`content-type: application/grpc`, `te: trailers`) straight to the server, wrk "
-             "sends HTTP through Envoy. CPU µs/req is the user + system CPU time of the "
+             "sends HTTP through Envoy (the latency rows: h2load at a constant rate). CPU "
+             "µs/req is the user + system CPU time of the "
              "process and its children (`/proc/<pid>/stat`) over the run, divided by the "
              "requests answered. Regenerate with `python -m bench` (one group: "
              "`python -m bench --only GROUP`, then `python -m bench.merge`).\n")  # fmt: skip
@@ -381,40 +404,97 @@ def which_door(outcomes: dict[str, Outcome]) -> str:
             "door returns `provider`, `rule`, `iss`, `sub` and `claims`).\n")  # fmt: skip
 
 
+ALONE, FLOOR = "latency_envoy_alone", "latency_envoy_floor"
+
+
+def levels_of(outcomes: dict[str, Outcome]) -> list[str]:
+    """The rate labels of the latency runs, in the order they ran (1,000 rps first)."""
+    seen: dict[str, None] = {}
+    for c in CONTENDERS:
+        o = outcomes.get(c.name)
+        if c.group == "latency" and o is not None:
+            for r in o.runs:
+                seen.update((k, None) for k in r.rates if k != "max" and "|" not in k)
+    return list(seen)
+
+
+def _added(o: Outcome, base: Outcome | None, level: str) -> str:
+    if base is None:
+        return "–"
+    vals = []
+    for pct in ("50", "90", "99"):
+        v, b = o.latency(pct, level), base.latency(pct, level)
+        vals.append(None if v is None or b is None else v - b)
+    return " / ".join(_fmt(v, "+.2f") for v in vals)
+
+
 def latency_section(outcomes: dict[str, Outcome]) -> list[str]:
     lat = [c for c in CONTENDERS if c.group == "latency" and c.name in outcomes]
     if not lat:
         return []
-    L = [f"## {TITLES['latency']} (wrk, {drivers.PACED_CONNECTIONS} connections × "
-         f"{drivers.PACED_DELAY_MS} ms delay() ≈ 1000 rps)\n"]  # fmt: skip
-    L.append("| contender | achieved rps | p50 ms | p90 ms | p99 ms | added p50 | "
-             "added p90 | added p99 | target (added p99) |")  # fmt: skip
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    L = [f"## {TITLES['latency']} (h2load --h1 --rps, open loop)\n"]
+    L.append(
+        "The same Envoy, servers and cores as the Envoy rows. Each run first drives the "
+        "contender as fast as it can (wrk, 32 connections, closed loop, half the run's "
+        "duration; also its warm-up): *max rps*. Then h2load sends HTTP/1.1 requests at a "
+        "constant rate R, on schedule whether or not the answers came back (open loop), "
+        "for R × the run's duration requests: `h2load --h1 -c N -r ⌈N/10⌉ --rate-period "
+        "1ms --rps round(R/N) -n <R × duration> --log-file <file>`, N = "
+        f"⌈R / {drivers.RATE_PER_CLIENT}⌉ connections. h2load's rate timer ticks per "
+        "connection, every 1/(R/N) ≥ 10 ms from the moment it connected; connections made "
+        "together would send together (10 requests at once every 10 ms at 1,000 rps), so "
+        "a tenth of them connect each millisecond and their requests interleave (at "
+        "1,000 rps: one per millisecond, give or take h2load sharing its core with Envoy). "
+        "A connection carries one request at a time, so a request waits for its own "
+        "connection only when the answer before it took 10 ms or more. `--log-file` has "
+        "every request's send time and its time from sending it to the end of its "
+        "answer: *achieved rps* is the requests over the time from the first send to the "
+        "last, p50/p90/p99/p99.9 "
+        "are nearest-rank percentiles over all requests of a run, then the median over "
+        "runs. The rates are the same for every contender: 1,000 rps, and 70 % of each "
+        "extauthz contender's maximum, measured once before the repeats (its *max rps* "
+        "below is the median of the repeats, so it can differ a little); a contender "
+        "skips another's 70 % rate above 80 % of its own maximum, where it would measure "
+        "its own queue. *Added* is the difference of the medians at the same rate: over Envoy "
+        "alone (no ext_authz filter) and over Envoy + the do-nothing `grpc.aio` server "
+        "(the Python gRPC floor). This replaces the closed-loop wrk `delay()` pacing "
+        "used before, where a late answer also delayed the next request.\n"
+    )  # fmt: skip
+    L.append("| contender | rate | max rps | asked rps | achieved rps | p50 ms | p90 ms | "
+             "p99 ms | p99.9 ms | added over Envoy alone p50 / p90 / p99 | added over "
+             "Envoy + floor p50 / p90 / p99 | target (added p99 over Envoy alone) |")  # fmt: skip
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for c in lat:
         o = outcomes[c.name]
-        base = outcomes.get(c.baseline) if c.baseline else None
-        added = {}
-        for pct in ("50", "90", "99"):
-            v, b = o.latency(pct), base.latency(pct) if base else None
-            added[pct] = None if v is None or b is None else v - b
-        target = "–"
-        if c.baseline:
-            a = added["99"]
-            target = f"≤ {P99_ADDED_TARGET_MS:g} ms " + _verdict(
-                None if a is None else a <= P99_ADDED_TARGET_MS
-            )
         if o.status != "ok":
-            L.append(f"| `{c.name}` | {_cell(o)}: {o.message} | | | | | | | |")
-            continue
-        L.append(
-            f"| `{c.name}` | {_fmt(o.rps)} | {_fmt(o.latency('50'), '.2f')} | "
-            f"{_fmt(o.latency('90'), '.2f')} | {_fmt(o.latency('99'), '.2f')} | "
-            f"{_fmt(added['50'], '+.2f') if c.baseline else '–'} | "
-            f"{_fmt(added['90'], '+.2f') if c.baseline else '–'} | "
-            f"{_fmt(added['99'], '+.2f') if c.baseline else '–'} | {target} |"
-        )
-    L.append("\nPercentiles are wrk's own `--latency` distribution (50/75/90/99 printed; "
-             "90 and 99 are exact from its HdrHistogram), median over runs.\n")  # fmt: skip
+            L.append(f"| `{c.name}` | {_cell(o)}: {o.message} | | | | | | | | | | |")
+    alone, floor = outcomes.get(ALONE), outcomes.get(FLOOR)
+    for level in levels_of(outcomes):
+        for c in lat:
+            o = outcomes[c.name]
+            if o.status != "ok":
+                continue
+            asked = o.rate(f"{level}|target")
+            achieved = o.rate(level)
+            head = f"| `{c.name}` | {level} | {_fmt(o.rps)} |"
+            if achieved is None:
+                L.append(f"{head} – | not run: above {SKIP_ABOVE:.0%} of its maximum "
+                         "| | | | | | | |")  # fmt: skip
+                continue
+            over_alone = _added(o, alone, level) if c.name != ALONE else "–"
+            over_floor = _added(o, floor, level) if c.name not in (ALONE, FLOOR) else "–"
+            target = "–"
+            if c.name != ALONE and alone is not None:
+                v, b = o.latency("99", level), alone.latency("99", level)
+                a = None if v is None or b is None else v - b
+                target = f"≤ {P99_ADDED_TARGET_MS:g} ms " + _verdict(
+                    None if a is None else a <= P99_ADDED_TARGET_MS
+                )
+            L.append(f"{head} {_fmt(asked)} | {_fmt(achieved)} | "
+                     + " | ".join(_fmt(o.latency(p, level), ".2f")
+                                  for p in ("50", "90", "99", "99.9"))
+                     + f" | {over_alone} | {over_floor} | {target} |")  # fmt: skip
+    L.append("")
     return L
 
 
@@ -538,10 +618,12 @@ LIMITS = """## What limits each number
   second per second is bounded by the server on core 0 (the gRPC rows); the HTTP floors
   leave core 0 mostly idle and are bounded by Envoy + wrk on core 1, so their rps differ
   less than their CPU per request does.
-- **Latency**: paced load (≈ 1000 rps, well under capacity), so the added latency is the
-  ext_authz round trip (Envoy → extauthz → Envoy) plus scheduling; p99 is sensitive to
-  scheduler noise on a 2-core VM (Python GC pauses, the 0.2 s readiness loop, wrk and
-  Envoy sharing a core).
+- **Latency**: open loop at a constant rate, so a slow answer cannot slow the load
+  down. At 1,000 rps (well under every contender's maximum) the added latency is the
+  ext_authz round trip (Envoy → server → Envoy) plus scheduling; at 70 % of extauthz's
+  maximum the server is busy 70 % of the time, so requests also queue behind each
+  other in it. p99 and p99.9 are sensitive to scheduler noise on a 2-core VM (Python GC
+  pauses, h2load and Envoy sharing a core).
 - **RSS**: the interpreter + grpcio + cryptography + pydantic baseline, plus one cache
   entry (128-bit digest → verified claims and memoized decision) per distinct token.
 """
@@ -608,15 +690,19 @@ def stdout_table(outcomes: dict[str, Outcome], rss: RssResult | None, rss_error:
         measured = [v for v in verdicts(c, outcomes) if v.ok is not None]
         extra = "; ".join(v.plain(c.baseline) for v in measured)
         if c.group == "latency" and o.status == "ok":
-            extra = "p50/p90/p99 " + "/".join(_fmt(o.latency(p), ".2f") for p in ("50", "90", "99"))
-            extra += " ms"
-            base = outcomes.get(c.baseline) if c.baseline else None
-            b99 = base.latency("99") if base else None
-            v99 = o.latency("99")
-            if b99 is not None and v99 is not None:
-                added = v99 - b99
-                extra += (f"; added p99 {added:+.2f} ms (target <= {P99_ADDED_TARGET_MS:g}: "
-                          f"{'met' if added <= P99_ADDED_TARGET_MS else 'MISSED'})")  # fmt: skip
+            parts = []
+            for level in levels_of(outcomes):
+                if o.rate(level) is None:
+                    continue
+                ps = "/".join(_fmt(o.latency(p, level), ".2f") for p in ("50", "90", "99"))
+                part = f"{level}: p50/p90/p99 {ps} ms"
+                alone = outcomes.get(ALONE)
+                v99 = o.latency("99", level)
+                b99 = alone.latency("99", level) if alone and c.name != ALONE else None
+                if b99 is not None and v99 is not None:
+                    part += f" (added p99 {v99 - b99:+.2f})"
+                parts.append(part)
+            extra = "(max: closed loop) " + "; ".join(parts)
         if o.status == "error":
             extra = o.message
         lines.append(f"{c.name:<30} {_cell(o):>12} {_fmt(r, '.2f'):>8}  {extra}")

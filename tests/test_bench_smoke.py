@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import merge
+from bench import drivers, merge
 from bench.contenders import BY_NAME, CONTENDERS, RunResult
 from bench.report import TITLES, Outcome, markdown
 
@@ -39,7 +39,12 @@ ENVOY = [
     "envoy_extauthz",
     "envoy_extauthz_cache",
 ]
-LATENCY = ["latency_envoy_alone", "latency_envoy_extauthz_cache", "latency_envoy_extauthz"]
+LATENCY = [
+    "latency_envoy_alone",
+    "latency_envoy_floor",
+    "latency_envoy_extauthz_cache",
+    "latency_envoy_extauthz",
+]
 HTTP = ["envoy_http_floor", "envoy_http_floor_aiohttp", "envoy_grpc_cache", "envoy_http_cache"]
 NUMBER = r"\d[\d,]*(?:\.\d+)?"
 
@@ -88,10 +93,25 @@ def test_bench_smoke(tmp_path: Path) -> None:
             name,
             cells,
         )
+    # Latency: open loop (h2load --h1 --rps), first at 1,000 rps, then at 70 % of each
+    # extauthz contender's maximum (each contender at least at its own).
     for name in LATENCY:
-        cells = _row(report, name)
-        assert re.fullmatch(NUMBER, cells[1]), (name, cells)  # achieved rps
-        assert re.fullmatch(NUMBER, cells[4]), (name, cells)  # p99 ms
+        cells = _row(report, name)  # the first row: 1,000 rps
+        assert cells[1] == "1,000 rps", (name, cells)
+        assert re.fullmatch(NUMBER, cells[2]), (name, cells)  # max rps (closed loop)
+        assert cells[3] == "1,000", (name, cells)  # asked rps
+        for i in range(4, 9):  # achieved rps, p50, p90, p99, p99.9 ms
+            assert re.fullmatch(NUMBER, cells[i]), (name, cells)
+        added = rf"[+-]{NUMBER} / [+-]{NUMBER} / [+-]{NUMBER}"
+        if name != "latency_envoy_alone":
+            assert re.fullmatch(added, cells[9]), (name, cells)  # over Envoy alone
+            assert re.search(r"met|\*\*missed\*\*", cells[11]), (name, cells)
+        if name.startswith("latency_envoy_extauthz"):
+            assert re.fullmatch(added, cells[10]), (name, cells)  # over Envoy + floor
+            own = f"| `{name}` | 70% of {name} max | "
+            row = next(line for line in report.splitlines() if line.startswith(own))
+            assert re.fullmatch(NUMBER, row.split("|")[8].strip()), row  # p99 ms there
+    assert "h2load --h1 -c " in report and "--log-file $WORKDIR/" in report
     for name in HTTP:
         cells = _row(report, name)
         assert re.fullmatch(NUMBER, cells[2]), (name, cells)  # rps
@@ -107,6 +127,17 @@ def test_bench_smoke(tmp_path: Path) -> None:
     for name in GRPC + ENVOY + LATENCY + HTTP + ["rss"]:
         assert name in proc.stdout
     assert TITLES["http"] in proc.stdout  # the doors have a table of their own
+
+
+def test_rate_log_percentiles() -> None:
+    """h2load's --log-file (start µs, status, µs to the answer's end) gives nearest-rank
+    percentiles of the 2xx answers; anything else is counted, not timed."""
+    rows = [f"17000000{i:05d}\t200\t{(i + 1) * 1000}" for i in range(100)]
+    times, bad = drivers.parse_rate_log("\n".join([*rows, "1700000000000\t-1\t5", ""]))
+    assert bad == 1 and len(times) == 100 and times[0] == 1.0
+    assert [drivers.percentile(times, p) for p in (50, 90, 99, 99.9)] == [50.0, 90.0, 99.0, 100.0]
+    assert drivers.rate_clients(1000) == (10, 100)
+    assert drivers.rate_clients(2345) == (24, 98)  # 2,352 rps
 
 
 # ----------------------------------------------------------------- merging a partial run
