@@ -590,25 +590,18 @@ def table(runs: list[CaseRun], cases: list[str]) -> str:
 # ----------------------------------------------------------------------- sync floor
 
 
-def serve_sync_floor(listen: str) -> None:
-    """The floor's prebuilt OK from grpcio's synchronous server, two pool threads."""
+def _serve_sync(listen: str, handler: Any) -> None:
+    """Serve ``handler`` (and gRPC health) from grpcio's synchronous server with a
+    two-thread pool until SIGTERM or SIGINT."""
     import signal
 
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    from extauthz.dev.wire import external_auth_pb2_grpc
-
-    from .floor import OK
-
-    class Servicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
-        def Check(self, request: Any, context: Any) -> Any:
-            return OK
-
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=[
         ("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 << 20),
     ])  # fmt: skip
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(Servicer(), server)
+    server.add_generic_rpc_handlers((handler,))
     hs = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     server.add_insecure_port(listen)
@@ -621,16 +614,33 @@ def serve_sync_floor(listen: str) -> None:
     server.stop(0.5)
 
 
+def serve_sync_floor(listen: str) -> None:
+    """The floor's prebuilt OK from grpcio's synchronous server, two pool threads."""
+    import grpc
+
+    from extauthz.dev.wire import external_auth_pb2
+
+    from .floor import OK
+
+    _serve_sync(listen, grpc.method_handlers_generic_handler(
+        "envoy.service.auth.v3.Authorization", {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                lambda request, context: OK,
+                request_deserializer=external_auth_pb2.CheckRequest.FromString,
+                response_serializer=lambda message: message.SerializeToString(),
+            ),
+        },
+    ))  # fmt: skip
+
+
 def serve_sync_extauthz(listen: str, config_path: str) -> None:
     """A prototype, not extauthz: its Authorizer (built as ``extauthz.dev.inprocess``
     builds it) and its gRPC servicer's encoder behind grpcio's synchronous server with a
     two-thread pool. Only decisions that need no wait are served (the bench's inline
     JWKS never needs one); anything else would be refused."""
     import asyncio
-    import signal
 
     import grpc
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     from extauthz import errors
     from extauthz.core.decision import Decision, refuse
@@ -658,20 +668,7 @@ def serve_sync_extauthz(listen: str, config_path: str) -> None:
             response_serializer=bytes,
         ),
     })  # fmt: skip
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=[
-        ("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 << 20),
-    ])  # fmt: skip
-    server.add_generic_rpc_handlers((handler,))
-    hs = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-    server.add_insecure_port(listen)
-    server.start()
-    hs.set("", health_pb2.HealthCheckResponse.SERVING)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    done.wait()
-    server.stop(0.5)
+    _serve_sync(listen, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
