@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+from ..errors import DenyKind
+
 
 def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
@@ -79,6 +81,35 @@ def www_authenticate(
             )
         )
     return ", ".join(challenges)
+
+
+def refusal(
+    realm: str,
+    kind: DenyKind,
+    oauth_error: str | None,
+    challenged: bool,
+    description: str,
+    scope: str,
+    reason: str,
+    resource_metadata: str,
+    bearer: bool = True,
+    dpop_algs: tuple[str, ...] = (),
+    dpop: bool = False,
+) -> tuple[list[tuple[str, str]], str]:
+    """A refusal's headers — its content type, then the challenge, or ``retry-after``
+    when no challenge applies (a 503) — and its JSON body. ``oauth_error`` and
+    ``challenged`` come from the front door's own table."""
+    headers = [("content-type", "application/json")]
+    if challenged:
+        value = www_authenticate(
+            realm, oauth_error, description, scope, resource_metadata,
+            bearer=bearer, dpop_algs=dpop_algs,
+            error_on_dpop=dpop or kind is DenyKind.INVALID_DPOP_PROOF,
+        )  # fmt: skip
+        headers.append(("www-authenticate", value))
+    else:
+        headers.append(("retry-after", "1"))
+    return headers, body(oauth_error or reason, description)
 
 
 def body(error: str, description: str) -> str:

@@ -126,23 +126,17 @@ def _denied(
 ) -> bytes:
     """Deny answers are few and fixed: build each once and reuse the serialized bytes."""
     answer = ANSWERS[kind]
-    headers = [_hvo("content-type", "application/json")]
-    if answer.challenge:
-        value = challenge.www_authenticate(
-            realm, answer.oauth_error, description, scope, resource_metadata,
-            bearer=bearer, dpop_algs=dpop_algs,
-            error_on_dpop=dpop or kind is DenyKind.INVALID_DPOP_PROOF,
-        )  # fmt: skip
-        headers.append(_hvo("www-authenticate", value))
-    else:
-        headers.append(_hvo("retry-after", "1"))
+    headers, text = challenge.refusal(
+        realm, kind, answer.oauth_error, answer.challenge, description, scope, reason,
+        resource_metadata, bearer, dpop_algs, dpop,
+    )  # fmt: skip
     response = CheckResponse(
         status=status_pb2.Status(code=answer.grpc_code, message=description),
         denied_response=pb.DeniedHttpResponse(
             # The stub types `code` as the StatusCode enum; protobuf takes its int value.
             status=http_status_pb2.HttpStatus(code=answer.http_status),  # type: ignore[arg-type]
-            headers=headers,
-            body=challenge.body(answer.oauth_error or reason, description),
+            headers=[_hvo(k, v) for k, v in headers],
+            body=text,
         ),
     )
     return bytes(response.SerializeToString())

@@ -121,23 +121,11 @@ def _denied(
     dpop: bool = False,
 ) -> tuple[int, list[tuple[str, str]], bytes]:
     answer = ANSWERS[kind]
-    headers = [("content-type", "application/json")]
-    if answer.challenge:
-        value = challenge.www_authenticate(
-            realm,
-            answer.oauth_error,
-            description,
-            scope,
-            metadata,
-            bearer=bearer,
-            dpop_algs=dpop_algs,
-            error_on_dpop=dpop or kind is DenyKind.INVALID_DPOP_PROOF,
-        )
-        headers.append(("www-authenticate", value))
-    else:
-        headers.append(("retry-after", "1"))
-    body = challenge.body(answer.oauth_error or reason, description).encode()
-    return answer.status, headers, body
+    headers, text = challenge.refusal(
+        realm, kind, answer.oauth_error, answer.challenge, description, scope, reason,
+        metadata, bearer, dpop_algs, dpop,
+    )  # fmt: skip
+    return answer.status, headers, text.encode()
 
 
 def encode(decision: Decision, realm: str, close: bool) -> bytes:
