@@ -173,17 +173,19 @@ def caddy_config(*, listen_port: int, extauthz_port: int, upstream_port: int, wo
     return options + text  # global options must be the first block
 
 
-def envoy_bootstrap(*, extauthz_port: int, upstream_port: int, access_log: Path) -> dict[str, Any]:
-    """envoy/http-service.yaml on loopback port 0 (admin too), with its access log (same
-    format) in a file instead of stdout."""
-    config: dict[str, Any] = yaml.safe_load(ENVOY_EXAMPLE.read_text())
+def _on_loopback(
+    config: dict[str, Any], listen_port: int, ports: dict[str, tuple[int, int]]
+) -> dict[str, Any]:
+    """An example Envoy config moved to loopback port 0 (listener and admin), each
+    cluster named in ``ports`` (name -> (the example's port, ours)) pointed at ours;
+    returns its HTTP connection manager."""
     admin = config["admin"]["address"]["socket_address"]
     assert admin == {"address": "127.0.0.1", "port_value": 9901}
     admin["port_value"] = 0
     (listener,) = config["static_resources"]["listeners"]
-    assert listener["address"]["socket_address"]["port_value"] == 10000
+    assert listener["address"]["socket_address"]["port_value"] == listen_port
     listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": 0}
-    ports = {"extauthz_http": (9193, extauthz_port), "upstream": (8080, upstream_port)}
+    ports = dict(ports)
     for cluster in config["static_resources"]["clusters"]:
         (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
         address = endpoint["endpoint"]["address"]["socket_address"]
@@ -191,12 +193,12 @@ def envoy_bootstrap(*, extauthz_port: int, upstream_port: int, access_log: Path)
         assert address == {"address": "127.0.0.1", "port_value": example}
         address["port_value"] = port
     assert not ports, f"clusters missing from the example: {sorted(ports)}"
-    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    ext_authz = manager["http_filters"][0]["typed_config"]
-    server_uri = ext_authz["http_service"]["server_uri"]
-    server_uri["uri"] = replace_once(
-        server_uri["uri"], f"http://{EXAMPLE_EXTAUTHZ}", f"http://127.0.0.1:{extauthz_port}"
-    )
+    manager: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return manager
+
+
+def _log_to_file(manager: dict[str, Any], access_log: Path) -> None:
+    """The example's stdout access log, same format, into ``access_log``."""
     (log,) = manager["access_log"]
     assert log["name"] == "envoy.access_loggers.stdout"
     log["name"] = "envoy.access_loggers.file"
@@ -205,6 +207,21 @@ def envoy_bootstrap(*, extauthz_port: int, upstream_port: int, access_log: Path)
         "path": str(access_log),
         "log_format": log["typed_config"]["log_format"],
     }
+
+
+def envoy_bootstrap(*, extauthz_port: int, upstream_port: int, access_log: Path) -> dict[str, Any]:
+    """envoy/http-service.yaml on loopback port 0 (admin too), with its access log (same
+    format) in a file instead of stdout."""
+    config: dict[str, Any] = yaml.safe_load(ENVOY_EXAMPLE.read_text())
+    manager = _on_loopback(
+        config, 10000, {"extauthz_http": (9193, extauthz_port), "upstream": (8080, upstream_port)}
+    )
+    ext_authz = manager["http_filters"][0]["typed_config"]
+    server_uri = ext_authz["http_service"]["server_uri"]
+    server_uri["uri"] = replace_once(
+        server_uri["uri"], f"http://{EXAMPLE_EXTAUTHZ}", f"http://127.0.0.1:{extauthz_port}"
+    )
+    _log_to_file(manager, access_log)
     return config
 
 
@@ -218,29 +235,10 @@ def envoy_mtls_bootstrap(
     for name in MTLS_FILES:
         replace_once(text, f"{{ filename: {EXAMPLE_CERTS}{name} }}", "")  # each read once
     config: dict[str, Any] = yaml.safe_load(text.replace(EXAMPLE_CERTS, f"{certs}/"))
-    admin = config["admin"]["address"]["socket_address"]
-    assert admin == {"address": "127.0.0.1", "port_value": 9901}
-    admin["port_value"] = 0
-    (listener,) = config["static_resources"]["listeners"]
-    assert listener["address"]["socket_address"]["port_value"] == 10443
-    listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": 0}
-    ports = {"extauthz": (9191, extauthz_port), "upstream": (8080, upstream_port)}
-    for cluster in config["static_resources"]["clusters"]:
-        (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
-        address = endpoint["endpoint"]["address"]["socket_address"]
-        example, port = ports.pop(cluster["name"])
-        assert address == {"address": "127.0.0.1", "port_value": example}
-        address["port_value"] = port
-    assert not ports, f"clusters missing from the example: {sorted(ports)}"
-    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    (log,) = manager["access_log"]
-    assert log["name"] == "envoy.access_loggers.stdout"
-    log["name"] = "envoy.access_loggers.file"
-    log["typed_config"] = {
-        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-        "path": str(access_log),
-        "log_format": log["typed_config"]["log_format"],
-    }
+    manager = _on_loopback(
+        config, 10443, {"extauthz": (9191, extauthz_port), "upstream": (8080, upstream_port)}
+    )
+    _log_to_file(manager, access_log)
     return config
 
 
