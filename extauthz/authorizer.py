@@ -69,7 +69,7 @@ class Authorizer:
 
     def _cached_answer(self, provider: str, token: str, now: float) -> Answer | None:
         answer = self.introspectors[provider].cached(token, now)
-        metrics.INTROSPECTION_CACHE.labels(provider, "miss" if answer is None else "hit").inc()
+        metrics.introspection_cache_counter(provider, "miss" if answer is None else "hit").inc()
         return answer
 
     @property

@@ -115,6 +115,11 @@ def check_counter(decision: str, reason: str, provider: str, rule: str, front_do
     return CHECKS.labels(decision, reason, provider, rule, front_door)
 
 
+@lru_cache(maxsize=256)
+def introspection_cache_counter(provider: str, result: str) -> Counter:
+    return INTROSPECTION_CACHE.labels(provider, result)
+
+
 def exposition_registry() -> CollectorRegistry:
     """What /metrics serves: this process, or the aggregate of every worker."""
     path = os.environ.get(MULTIPROC_ENV)

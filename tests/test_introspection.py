@@ -542,16 +542,19 @@ async def test_an_introspection_only_process_is_ready_at_once_and_reload_keeps_a
 async def test_introspection_metrics_count_each_answer(
     built: tuple[Authorizer, Clock], endpoint: IntrospectionServer
 ) -> None:
-    def count(result: str) -> float:
+    def count(result: str, name: str = "extauthz_introspection_total") -> float:
         return sum(
             s.value
             for m in metrics.REGISTRY.collect()
             for s in m.samples
-            if s.name == "extauthz_introspection_total"
-            and s.labels == {"provider": "corp", "result": result}
+            if s.name == name and s.labels == {"provider": "corp", "result": result}
         )
 
+    def lookups(result: str) -> float:
+        return count(result, "extauthz_introspection_cache_total")
+
     before = {r: count(r) for r in ("active", "inactive", "error")}
+    looked = {r: lookups(r) for r in ("hit", "miss")}
     authorizer, _ = built
     endpoint.answers["tok"] = active()
     await authorizer.check(request("tok"))
@@ -560,6 +563,7 @@ async def test_introspection_metrics_count_each_answer(
     endpoint.fail_with = 500
     await authorizer.check(request("other"))
     assert {r: count(r) - before[r] for r in before} == {"active": 1, "inactive": 1, "error": 1}
+    assert {r: lookups(r) - looked[r] for r in looked} == {"hit": 1, "miss": 3}
 
 
 def test_an_unavailable_introspection_is_a_503_kind() -> None:
