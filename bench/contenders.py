@@ -63,9 +63,13 @@ ALL_CORES = f"0-{NPROC - 1}" if NPROC >= 2 else None
 ENVOY_CORES = LOAD_CORES
 STARTUP_TIMEOUT = 30.0
 GRPC_OK, GRPC_UNAUTHENTICATED = 0, 16
+#: Pool threads of extauthz's gRPC server (``server.grpc_threads``, its default) and of
+#: the sync floor: both are started with this many.
+GRPC_THREADS = 8
 #: The do-nothing servers: gRPC (bench/floor.py) and HTTP (bench/http_floor.py, two
 #: implementations). They allow everything, so no request is expected to be denied.
-FLOORS = {"floor": "grpc", "http_floor": "http", "http_floor_aiohttp": "http"}
+FLOORS = {"floor": "grpc", "floor_sync": "grpc", "http_floor": "http",
+          "http_floor_aiohttp": "http"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,9 @@ class Contender:
 
 CONTENDERS: tuple[Contender, ...] = (
     Contender("floor", "grpc", "do-nothing grpc.aio servicer, prebuilt OK", server="floor"),
+    Contender("floor_sync", "grpc",
+              f"do-nothing servicer on grpcio's sync server, {GRPC_THREADS} threads "
+              "(extauthz's serving model)", server="floor_sync", baseline="floor"),
     Contender("cache_hit", "grpc", "extauthz, RS256, token cache hit", baseline="floor",
               targets=(Target("floor", 0.9),)),
     Contender("rs256", "grpc", "extauthz, RS256 verified every request", cache=False,
@@ -191,6 +198,8 @@ def extauthz_config(
     }
     if not c.cache:
         server["token_cache_size"] = 0
+    if c.door == "grpc":
+        server["grpc_threads"] = GRPC_THREADS
     if c.workers != 1:
         server["workers"] = c.workers
     provider: dict[str, Any] = {
@@ -230,6 +239,9 @@ def start_server(c: Contender, keys: Keys, workdir: Path, tag: str) -> Started:
     listen = ["--listen", f"127.0.0.1:{port}"]
     if c.server == "floor":
         cmd = [*taskset(cores), python(), "-m", "bench.floor", *listen]
+    elif c.server == "floor_sync":
+        threads = ["--threads", str(GRPC_THREADS)]
+        cmd = [*taskset(cores), python(), "-m", "bench.floor", *listen, *threads]
     elif c.server == "http_floor":
         cmd = [*taskset(cores), python(), "-m", "bench.http_floor", *listen]
     elif c.server == "http_floor_aiohttp":

@@ -25,10 +25,9 @@ same h2load command three times:
 3. *perf*: ``perf record -e cpu-clock`` on the whole process: the shares by thread
    role and shared object (the kernel included, which py-spy cannot see).
 
-Here only: ``floor_sync`` is the do-nothing Check of ``bench/floor.py`` on grpcio's
-synchronous server with a two-thread pool (``python -m bench.profile serve-sync-floor``);
-``cache_hit_sync`` and ``rs256_sync`` a prototype of extauthz's decision and encoder on
-that server (:func:`serve_sync_extauthz`), same config as ``cache_hit`` and ``rs256``.
+``floor`` and ``floor_sync`` are the bench's do-nothing servers (grpc.aio, and grpcio's
+synchronous server, extauthz's serving model); ``cache_hit`` and ``rs256`` its extauthz
+contenders.
 """
 # ruff: noqa: RUF001  (typographic dashes and the multiplication sign are intended)
 
@@ -37,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -47,12 +45,9 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent import futures
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from . import drivers
 from .common import (
@@ -60,25 +55,18 @@ from .common import (
     BenchError,
     Keys,
     check_request,
-    free_port,
     grpc_body,
-    python,
     stop,
     taskset,
-    wait_grpc_serving,
 )
 from .contenders import (
     BY_NAME,
     LOAD_CORES,
-    STARTUP_TIMEOUT,
-    SUT_CORES,
-    Started,
-    extauthz_config,
     start_server,
 )
 from .contenders import verify_server as verify_contender
 
-CASES = ("floor", "floor_sync", "cache_hit", "cache_hit_sync", "rs256", "rs256_sync")
+CASES = ("floor", "floor_sync", "cache_hit", "rs256")
 
 #: Categories, in table order. The ``grpc``/``asyncio``/``threads`` ones are the
 #: frameworks: a library frame (protobuf, OpenSSL) below them is the request's parse or
@@ -436,45 +424,12 @@ def load_run(d: Any) -> CaseRun:
     return CaseRun(d["case"], clean, spied, _window_of(d["perfed"]), samples, dict(d["dsos"]))
 
 
-def start_sync(case: str, keys: Keys, workdir: Path, tag: str) -> Started:
-    """``floor_sync``, ``cache_hit_sync`` or ``rs256_sync``: this module's own servers."""
-    port = free_port()
-    log = workdir / f"{tag}.server.log"
-    listen = ["--listen", f"127.0.0.1:{port}"]
-    if case == "floor_sync":
-        extra = ["serve-sync-floor", *listen]
-    else:
-        c = BY_NAME[case.removesuffix("_sync")]
-        cfg_path = workdir / f"{tag}.extauthz.yaml"
-        cfg = extauthz_config(c, keys, port, free_port())
-        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-        extra = ["serve-sync-extauthz", *listen, "--config", str(cfg_path)]
-    cmd = [*taskset(SUT_CORES), python(), "-m", "bench.profile", *extra]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parent.parent,
-        )  # fmt: skip
-    try:
-        wait_grpc_serving(port, proc, time.monotonic() + STARTUP_TIMEOUT, log)
-    except BaseException:
-        stop(proc)
-        raise
-    return Started(proc, port, shlex.join(cmd))
-
-
 def run_case(case: str, keys: Keys, workdir: Path, tag: str, duration: float, rate: int,
              use_perf: bool) -> CaseRun:  # fmt: skip
-    if case.endswith("_sync"):
-        server = start_sync(case, keys, workdir, tag)
-        alg = "RS256"
-        if case != "floor_sync":
-            verify_contender(BY_NAME[case.removesuffix("_sync")], server.port, keys)
-    else:
-        c = BY_NAME[case]
-        server = start_server(c, keys, workdir, tag)
-        verify_contender(c, server.port, keys)
-        alg = c.alg
+    c = BY_NAME[case]
+    server = start_server(c, keys, workdir, tag)
+    verify_contender(c, server.port, keys)
+    alg = c.alg
     try:
         pid = server.proc.pid
         body = workdir / f"{alg.lower()}.check.bin"
@@ -587,104 +542,8 @@ def table(runs: list[CaseRun], cases: list[str]) -> str:
     return "\n".join(L) + "\n"
 
 
-# ----------------------------------------------------------------------- sync floor
-
-
-def _serve_sync(listen: str, handler: Any) -> None:
-    """Serve ``handler`` (and gRPC health) from grpcio's synchronous server with a
-    two-thread pool until SIGTERM or SIGINT."""
-    import signal
-
-    import grpc
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=[
-        ("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 << 20),
-    ])  # fmt: skip
-    server.add_generic_rpc_handlers((handler,))
-    hs = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-    server.add_insecure_port(listen)
-    server.start()
-    hs.set("", health_pb2.HealthCheckResponse.SERVING)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    done.wait()
-    server.stop(0.5)
-
-
-def serve_sync_floor(listen: str) -> None:
-    """The floor's prebuilt OK from grpcio's synchronous server, two pool threads."""
-    import grpc
-
-    from extauthz.dev.wire import external_auth_pb2
-
-    from .floor import OK
-
-    _serve_sync(listen, grpc.method_handlers_generic_handler(
-        "envoy.service.auth.v3.Authorization", {
-            "Check": grpc.unary_unary_rpc_method_handler(
-                lambda request, context: OK,
-                request_deserializer=external_auth_pb2.CheckRequest.FromString,
-                response_serializer=lambda message: message.SerializeToString(),
-            ),
-        },
-    ))  # fmt: skip
-
-
-def serve_sync_extauthz(listen: str, config_path: str) -> None:
-    """A prototype, not extauthz: its Authorizer (built as ``extauthz.dev.inprocess``
-    builds it) and its gRPC servicer's encoder behind grpcio's synchronous server with a
-    two-thread pool. Only decisions that need no wait are served (the bench's inline
-    JWKS never needs one); anything else would be refused."""
-    import asyncio
-
-    import grpc
-
-    from extauthz import errors
-    from extauthz.core.decision import Decision, refuse
-    from extauthz.dev.inprocess import InProcess
-    from extauthz.frontdoor import grpc as door
-
-    settings = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
-    inproc = asyncio.run(InProcess.start(settings, log_level="info"))
-    authorizer = inproc.authorizer
-    servicer = door.AuthorizationServicer(authorizer)
-    realm = authorizer.policy.realm
-
-    def check(request: Any, context: Any) -> bytes:
-        started = time.perf_counter()
-        req = door.to_auth_request(request)
-        result = authorizer.first(req)
-        decision = result if isinstance(result, Decision) else refuse(errors.InternalError())
-        answer = servicer._encode(decision, realm)
-        authorizer.record(req, decision, door.http_status(decision), started, front_door="grpc")
-        return answer
-
-    handler = grpc.method_handlers_generic_handler(door.SERVICE_NAME, {
-        "Check": grpc.unary_unary_rpc_method_handler(
-            check, request_deserializer=door.CheckRequest.FromString,
-            response_serializer=bytes,
-        ),
-    })  # fmt: skip
-    _serve_sync(listen, handler)
-
-
 def main(argv: list[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
-    if args_in[:1] == ["serve-sync-floor"]:
-        sp = argparse.ArgumentParser(prog="python -m bench.profile serve-sync-floor")
-        sp.add_argument("--listen", default="127.0.0.1:9191")
-        serve_sync_floor(sp.parse_args(args_in[1:]).listen)
-        return 0
-    if args_in[:1] == ["serve-sync-extauthz"]:
-        sp = argparse.ArgumentParser(prog="python -m bench.profile serve-sync-extauthz")
-        sp.add_argument("--listen", default="127.0.0.1:9191")
-        sp.add_argument("--config", required=True)
-        a = sp.parse_args(args_in[1:])
-        serve_sync_extauthz(a.listen, a.config)
-        return 0
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--cases", default=",".join(CASES), help=f"of {', '.join(CASES)}")

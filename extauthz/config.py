@@ -396,6 +396,9 @@ class ServerSettings(_Model):
     listen: str = "0.0.0.0:9191"
     admin_listen: str | None = "127.0.0.1:9192"
     workers: Annotated[int | Literal["auto"], PlainValidator(_workers)] = 1
+    # Threads per process deciding gRPC Checks. A Check that waits (an unknown kid's
+    # refetch, an introspection call, Redis) holds its thread while it waits.
+    grpc_threads: int = Field(default=8, ge=1, le=256)
     token_cache_size: int = Field(default=100_000, ge=0)
     realm: str = Field(default="extauthz", pattern=r'^[^"\\\r\n]*$')
     tls: TLS | None = None
@@ -706,7 +709,15 @@ def config_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 #: ``server.*`` keys that only a restart changes (listeners, processes, TLS). Adding or
 #: removing ``server.http`` counts as a change of ``http.listen``.
-RESTART_ONLY = ("listen", "admin_listen", "workers", "tls", "http.listen", "replay_store")
+RESTART_ONLY = (
+    "listen",
+    "admin_listen",
+    "workers",
+    "grpc_threads",
+    "tls",
+    "http.listen",
+    "replay_store",
+)
 
 
 def with_server(config: Config, changes: Mapping[str, Any] | None = None, /, **more: Any) -> Config:

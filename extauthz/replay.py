@@ -12,6 +12,7 @@ accepting what might be a replay, and the next request simply tries again.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -39,9 +40,15 @@ class MemoryReplayStore:
         self._entries = entries
         self._clock = clock
         self.full = False
+        # gRPC pool threads and the event loop claim at once: check-and-set is one step.
+        self._lock = threading.Lock()
 
     def claim_now(self, key: str, ttl: float) -> bool:
         """True the first time ``key`` is claimed within ``ttl`` seconds."""
+        with self._lock:
+            return self._claim(key, ttl)
+
+    def _claim(self, key: str, ttl: float) -> bool:
         now = self._clock()
         seen = self._seen
         while seen:  # expired entries leave from the old end

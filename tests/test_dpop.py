@@ -1102,8 +1102,9 @@ class GrpcAnswer:
 
 
 async def via_grpc(authorizer: Authorizer, req: AuthRequest, certificate: str = "") -> GrpcAnswer:
-    servicer = grpc_door.AuthorizationServicer(authorizer)
-    raw = await servicer.Check(check_request(req, certificate), FakeContext())
+    # As grpcio's server calls it: on a thread of its own, waits resolved on this loop.
+    servicer = grpc_door.AuthorizationServicer(authorizer, asyncio.get_running_loop())
+    raw = await asyncio.to_thread(servicer.Check, check_request(req, certificate), FakeContext())
     return GrpcAnswer(raw)
 
 

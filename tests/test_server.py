@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2 as pb
 from extauthz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from extauthz.core.decision import Decision
 from tests.support.http import http_request
+from tests.support.introspection_server import IntrospectionServer
 from tests.support.jwks_server import JwksServer
 from tests.support.serve import ServeProcess
 from tests.support.server import ServerThread, wait_for
@@ -290,3 +293,39 @@ def test_two_authorization_entries_in_the_raw_header_map_are_a_400(
         req.attributes.request.http.header_map.headers.append(entry)
     resp = client.auth.Check(req, timeout=5)
     assert (resp.status.code, resp.denied_response.status.code) == (3, 400)
+
+
+def test_a_check_waiting_on_introspection_holds_up_no_other_check(
+    keys: JwksServer, tmp_path: Path
+) -> None:
+    """Checks are decided on grpcio's pool threads; one that waits (here for an
+    introspection answer the test holds back) keeps its thread, not the server."""
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret")
+    with IntrospectionServer() as endpoint:
+        endpoint.answers["opaque-token-1"] = {"active": True, "iss": "https://corp.example",
+                                              "aud": "api", "sub": "bob",
+                                              "exp": time.time() + 3600}  # fmt: skip
+        endpoint.gate = threading.Event()
+        cfg = config(keys.url)
+        cfg["providers"]["corp"] = {
+            "issuer": "https://corp.example",
+            "audiences": ["api"],
+            "claims_to_headers": {"x-user-id": "sub"},
+            "introspection": {"endpoint": endpoint.url, "client_id": "extauthz",
+                              "client_secret_file": str(secret), "timeout": "20s"},
+        }  # fmt: skip
+        with ServerThread(cfg) as server, futures.ThreadPoolExecutor(1) as pool:
+            server.wait_ready()
+            client = Client(server.grpc_port)
+            opaque = {"authorization": "Bearer opaque-token-1"}
+            waiting = pool.submit(lambda: client.auth.Check(check_request(opaque), timeout=30))
+            wait_for(lambda: endpoint.calls == 1, what="the introspection call to arrive")
+            for _ in range(20):  # more calls than the pool has threads, one after another
+                assert client.check(bearer(sub="alice")).status.code == 0
+            assert client.check({}).status.code == 16
+            assert not waiting.done(), "the introspected request was answered before its answer"
+            endpoint.gate.set()
+            resp = waiting.result(30)
+            assert resp.status.code == 0
+            assert header_list(resp.ok_response.headers) == {"x-user-id": "bob"}

@@ -8,12 +8,15 @@ so it is byte for byte the verified one), the window is checked against ``now``,
 the rule runs as usual. An entry whose key has left the provider's JWKS is ignored on
 lookup and purged at the swap, so a revoked key stops working for cached tokens too.
 
-Bounded: writing into a full cache overwrites its oldest entry (O(1)).
+Bounded: writing into a full cache overwrites its oldest entry (O(1)). Shared by
+gRPC pool threads and the event loop: every access takes the lock, since a slot is
+several fields and a reader must never see one token's key with another's facts.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 from array import array
 from collections.abc import Collection
 from typing import NamedTuple
@@ -51,27 +54,39 @@ class TokenCache:
         self._before = array("d", bytes(8 * size))
         self._next = 0
         self._interned: dict[tuple[str, str, str | None], tuple[str, str, str | None]] = {}
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._slot)
 
     def get(self, key: bytes) -> Entry | None:
-        i = self._slot.get(key)
+        with self._lock:
+            i = self._slot.get(key)
+            if i is not None:
+                ref = self._refs[i]
+                assert ref is not None
+                found = Entry(ref[0], ref[1], ref[2], self._after[i], self._before[i])
         if i is None:
             _MISS.inc()
             return None
         _HIT.inc()
-        ref = self._refs[i]
-        assert ref is not None
-        return Entry(ref[0], ref[1], ref[2], self._after[i], self._before[i])
+        return found
 
     def drop(self, key: bytes) -> None:
+        with self._lock:
+            self._drop(key)
+
+    def _drop(self, key: bytes) -> None:
         i = self._slot.pop(key, None)
         if i is not None:
             self._keys[i] = None
             self._refs[i] = None
 
     def put(self, key: bytes, entry: Entry) -> None:
+        with self._lock:
+            self._put(key, entry)
+
+    def _put(self, key: bytes, entry: Entry) -> None:
         i = self._slot.get(key)
         if i is None:
             i = self._next
@@ -88,13 +103,17 @@ class TokenCache:
 
     def purge(self, provider: str, keep: Collection[str]) -> int:
         """Drop entries of ``provider`` verified by a key not in ``keep``."""
+        with self._lock:
+            return self._purge(provider, keep)
+
+    def _purge(self, provider: str, keep: Collection[str]) -> int:
         gone = []
         for key, i in self._slot.items():
             ref = self._refs[i]
             if ref is not None and ref[0] == provider and ref[1] not in keep:
                 gone.append(key)
         for key in gone:
-            self.drop(key)
+            self._drop(key)
         if gone:
             self._interned = {
                 r: r for r in self._interned.values() if r[1] in keep or r[0] != provider

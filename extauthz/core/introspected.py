@@ -63,7 +63,7 @@ class AnswerCache:
             return None
         until, answer = entry
         if now >= until:
-            del self._entries[key]
+            self._entries.pop(key, None)  # another thread may have gone first
             return None
         return answer
 

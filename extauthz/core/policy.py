@@ -23,6 +23,7 @@ from ..errors import DenyKind
 from . import binding, introspected, paths, tokens
 from .decision import Decision, NeedIntrospection, NeedKeys, refuse
 from .headers import header_value
+from .memo import Memo
 from .request import CONTEXT_RULE_KEY, AuthRequest
 from .verifier import Keys, TokenVerifier
 from .verify import MAX_TOKEN_BYTES, Verified
@@ -136,7 +137,7 @@ class Policy:
         self._deny_default = config.default_action == "deny"
         # Finished allows of the hottest tokens, reached only after a verification
         # (or a cache hit) that passed for this request.
-        self._allows: dict[tuple[bytes, str, TokenSource], Decision] = {}
+        self._allows: Memo[tuple[bytes, str, TokenSource], Decision] = Memo(HOT_ANSWERS)
         # The configuration's first provider with RFC 9728 metadata ("": none at all),
         # and DPoP: when neither exists, refusals need no challenge extras.
         self._metadata = next(
@@ -380,7 +381,5 @@ class Policy:
             sub=sub if isinstance(sub, str) else None,
         )
         if reuse_key is not None:
-            if len(self._allows) >= HOT_ANSWERS:
-                del self._allows[next(iter(self._allows))]  # oldest first (dicts keep order)
-            self._allows[reuse_key] = decision
+            self._allows.put(reuse_key, decision)
         return decision

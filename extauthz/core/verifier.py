@@ -19,6 +19,7 @@ from ..config import Provider
 from ..keys.jwks import KeySet
 from .cache import Entry, TokenCache, digest
 from .decision import NeedKeys
+from .memo import Memo
 from .verify import Verified, check_window, claims_of, parse_token, verify_token
 
 #: Parsed claim sets kept for the hottest tokens (a hit then skips the JSON parse).
@@ -30,7 +31,7 @@ Keys = Callable[[str], KeySet | None]
 class TokenVerifier:
     def __init__(self, cache_size: int) -> None:
         self._cache = TokenCache(cache_size) if cache_size > 0 else None
-        self._hot: dict[bytes, Verified] = {}
+        self._hot: Memo[bytes, Verified] = Memo(HOT_TOKENS)
 
     def verify(
         self, token: str, accepted: Mapping[str, Provider], keys: Keys, now: float
@@ -58,15 +59,15 @@ class TokenVerifier:
                     hit.provider, claims_of(token), hit.kid, hit.thumbprint,
                     hit.not_after, hit.not_before, key,
                 )  # fmt: skip
-                self._remember(key, verified)
+                self._hot.put(key, verified)
                 return verified
             self._cache.drop(key)  # its key left the JWKS: verify afresh
-            self._hot.pop(key, None)
+            self._hot.drop(key)
         result = self._verify(token, key, accepted, keys, now)
         if isinstance(result, Verified):
             self._cache.put(key, Entry(result.provider, result.thumbprint, result.kid,
                                        result.not_after, result.not_before))  # fmt: skip
-            self._remember(key, result)
+            self._hot.put(key, result)
         return result
 
     def _verify(
@@ -94,13 +95,8 @@ class TokenVerifier:
         provider = accepted.get(name)
         return provider.issuer if provider is not None else None
 
-    def _remember(self, key: bytes, verified: Verified) -> None:
-        if key not in self._hot and len(self._hot) >= HOT_TOKENS:
-            del self._hot[next(iter(self._hot))]  # oldest first (dicts keep order)
-        self._hot[key] = verified
-
     def forget_keys(self, provider: str, keep: frozenset[str]) -> int:
         """Revocation: tokens verified by a key of ``provider`` outside ``keep`` are
         verified afresh from now on. Returns how many cache entries went."""
-        self._hot = {k: v for k, v in self._hot.items() if v.provider != provider}
+        self._hot.drop_where(lambda v: v.provider == provider)
         return self._cache.purge(provider, keep) if self._cache is not None else 0

@@ -11,6 +11,7 @@ arrive in ``header_map``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -29,12 +30,13 @@ from .._proto.envoy.service.auth.v3 import external_auth_pb2 as pb
 from .._proto.envoy.type.v3 import http_status_pb2
 from .._proto.google.rpc import status_pb2
 from ..core.decision import Decision, refuse
+from ..core.memo import Memo
 from ..core.request import AuthRequest, ClientCert
 from ..errors import DenyKind
 from . import challenge
 
 if TYPE_CHECKING:
-    from ..authorizer import Authorizer
+    from ..authorizer import Authorizer, Pending
 
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 CheckRequest = pb.CheckRequest
@@ -199,16 +201,28 @@ def encode(decision: Decision, realm: str) -> bytes:
 
 
 # -- the service -------------------------------------------------------------------------
-class AuthorizationServicer:
-    """``envoy.service.auth.v3.Authorization/Check``. Returns serialized bytes: deny
-    answers and the allows of hot tokens are encoded once and reused."""
+#: Seconds a pool thread waits beyond a decision's own budget for the event loop to hand
+#: it back (the loop may be busy with other work when the wait ends).
+HANDBACK_SLACK = 1.0
 
-    def __init__(self, authorizer: Authorizer) -> None:
+
+class AuthorizationServicer:
+    """``envoy.service.auth.v3.Authorization/Check`` for grpcio's synchronous server.
+
+    Each call is decided on a pool thread: a decision that needs no wait (a cache hit,
+    a signature check) never touches the event loop. One that must wait — an unknown
+    kid's refetch, an introspection call, a shared replay store — is resolved on
+    ``loop``, where the key sources and HTTP clients live, and the thread waits for it.
+    Returns serialized bytes: deny answers and the allows of hot tokens are encoded once.
+    """
+
+    def __init__(self, authorizer: Authorizer, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
         self.use(authorizer)
 
     def use(self, authorizer: Authorizer) -> None:
         """Answer with ``authorizer`` from now on (a reload); remembered answers go."""
-        self._memo: dict[tuple[Hashable, str], bytes] = {}
+        self._memo: Memo[tuple[Hashable, str], bytes] = Memo(MEMO_SIZE)
         self.authorizer = authorizer
 
     def _encode(self, decision: Decision, realm: str) -> bytes:
@@ -219,12 +233,27 @@ class AuthorizationServicer:
         found = memo.get((key, realm))
         if found is None:
             found = encode(decision, realm)
-            if len(memo) >= MEMO_SIZE:
-                del memo[next(iter(memo))]  # oldest first (dicts keep order)
-            memo[(key, realm)] = found
+            memo.put((key, realm), found)
         return found
 
-    async def Check(self, request: CheckRequest, context: grpc.aio.ServicerContext) -> bytes:
+    def _resolve(
+        self, authorizer: Authorizer, req: AuthRequest, pending: Pending, remaining: float | None
+    ) -> Decision:
+        budget = authorizer.budget(pending, remaining)
+        try:
+            waiting = asyncio.run_coroutine_threadsafe(
+                authorizer.resolve(req, pending, budget), self._loop
+            )
+        except RuntimeError:  # the loop has closed: the process is stopping
+            return refuse(errors.InternalError())
+        try:
+            return waiting.result(budget + HANDBACK_SLACK)
+        except Exception:  # resolve never raises: the loop did not hand it back in time
+            waiting.cancel()
+            _log.warning("check_wait_abandoned", request_id=req.request_id)
+            return refuse(errors.InternalError())
+
+    def Check(self, request: CheckRequest, context: grpc.ServicerContext) -> bytes:
         started = time.perf_counter()
         authorizer = self.authorizer  # read once: a reload may swap it mid-call
         realm = authorizer.policy.realm
@@ -235,7 +264,11 @@ class AuthorizationServicer:
             req = AuthRequest()
             decision = refuse(errors.InternalError())
         else:
-            decision = await authorizer.check(req, context.time_remaining())
+            result = authorizer.first(req)
+            if isinstance(result, Decision):
+                decision = result
+            else:
+                decision = self._resolve(authorizer, req, result, context.time_remaining())
         try:
             answer = self._encode(decision, realm)
         except Exception:
