@@ -48,6 +48,15 @@ JWKS_AGE = Gauge(
     registry=REGISTRY,
     multiprocess_mode="livemax",
 )
+# A setting, exported so that dashboards and alerts compare the key age against each
+# provider's own max_stale rather than against a number copied from the config.
+JWKS_MAX_STALE = Gauge(
+    "extauthz_jwks_max_stale_seconds",
+    "The provider's max_stale: at this key age its requests get 503 keys_unavailable.",
+    ["provider"],
+    registry=REGISTRY,
+    multiprocess_mode="livemax",
+)
 JWKS_KEYS_SKIPPED = Gauge(
     "extauthz_jwks_keys_skipped",
     "Keys of the current JWKS that were skipped as unusable or unsafe (each logged).",
@@ -108,6 +117,10 @@ CONFIG_RELOADS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+# Both series exist from the start at 0: a counter child created by its first increment
+# is a new series to Prometheus, whose increase() cannot see that first failure.
+for _result in ("success", "error"):
+    CONFIG_RELOADS.labels(_result)
 
 
 @lru_cache(maxsize=4096)

@@ -254,3 +254,22 @@ async def test_inline_keys_never_go_stale_or_expire(session: Any) -> None:
     clock.now += 365 * 86400
     assert src.state() is keys.KeyState.FRESH
     assert src.usable() is not None
+    # Nor does the age an alert reads: a year-old inline key set is not stale.
+    src.publish_age()
+    assert gauge("extauthz_jwks_age_seconds", "inline") == 0
+
+
+def gauge(name: str, provider: str) -> float | None:
+    return metrics.REGISTRY.get_sample_value(name, {"provider": provider})
+
+
+async def test_age_and_max_stale_are_exported_for_alerts(server: JwksServer, session: Any) -> None:
+    server.set(jwks(A))
+    clock = Clock()
+    p = provider(jwks_uri=server.url, max_stale="2h")
+    src = source("aged", p, session, clock)
+    assert gauge("extauthz_jwks_max_stale_seconds", "aged") == 7200
+    assert await src.refresh("startup")
+    clock.now += 90
+    src.publish_age()
+    assert gauge("extauthz_jwks_age_seconds", "aged") == 90

@@ -278,6 +278,7 @@ class KeySource:
         self.last_error: str | None = None
         self._ready = asyncio.Event()
         metrics.JWKS_KEYS.labels(name).set(0)
+        metrics.JWKS_MAX_STALE.labels(name).set(provider.max_stale)
 
     # -- read side (request path; no I/O) ---------------------------------------------
     def state(self, now: float | None = None) -> KeyState:
@@ -316,9 +317,13 @@ class KeySource:
         self._ready.set()
 
     def publish_age(self) -> None:
-        """Update the age gauge (called periodically: set_function does not cross processes)."""
-        if self._confirmed_at is not None:
-            metrics.JWKS_AGE.labels(self.name).set(self._clock() - self._confirmed_at)
+        """Update the age gauge (called periodically: set_function does not cross processes).
+        Keys written in the config never go stale (``state``), so their age stays 0."""
+        if self._confirmed_at is None:
+            return
+        inline = isinstance(self._fetcher, InlineFetcher)
+        age = 0.0 if inline else self._clock() - self._confirmed_at
+        metrics.JWKS_AGE.labels(self.name).set(age)
 
     # -- fetching ---------------------------------------------------------------------
     async def refresh(self, trigger: str, *, no_cache: bool = False) -> bool:
