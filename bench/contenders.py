@@ -15,6 +15,7 @@ floor from bench/http_floor.py).
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
 import shlex
 import shutil
@@ -114,6 +115,9 @@ CONTENDERS: tuple[Contender, ...] = (
               cache=False, baseline="floor", targets=(Target("floor", 0.55),)),
     Contender("eddsa", "grpc", "extauthz, EdDSA verified every request", alg="EdDSA",
               cache=False, baseline="floor", targets=(Target("floor", 0.5),)),
+    Contender("peer_rs256", "grpc",
+              "the Python peer (service-extensions' ext_authz SDK + PyJWT, as documented), "
+              "RS256 every request", server="peer", baseline="floor"),
     Contender("cache_hit_2w", "grpc", "extauthz, 2 workers, RS256 cache hit", workers=2,
               baseline="floor"),
     Contender("rs256_2w", "grpc", "extauthz, 2 workers, RS256 every request", workers=2,
@@ -242,6 +246,12 @@ def start_server(c: Contender, keys: Keys, workdir: Path, tag: str) -> Started:
     elif c.server == "floor_sync":
         threads = ["--threads", str(GRPC_THREADS)]
         cmd = [*taskset(cores), python(), "-m", "bench.floor", *listen, *threads]
+    elif c.server == "peer":
+        if importlib.util.find_spec("jwt") is None:
+            raise NotAvailable("the peer needs PyJWT: pip install -e '.[bench]'")
+        pem = workdir / f"{tag}.rs256.pem"
+        pem.write_bytes(keys.keys["RS256"].as_pem(private=False))
+        cmd = [*taskset(cores), python(), "-m", "bench.peer", *listen, "--public-key", str(pem)]
     elif c.server == "http_floor":
         cmd = [*taskset(cores), python(), "-m", "bench.http_floor", *listen]
     elif c.server == "http_floor_aiohttp":
@@ -327,7 +337,7 @@ def verify_grpc(c: Contender, port: int, keys: Keys) -> None:
         if code != GRPC_OK:
             raise BenchError(f"valid {c.alg} token answered gRPC code {code}, expected OK (0)")
         del attempt
-    if c.server == "extauthz":
+    if c.server in ("extauthz", "peer"):
         bad = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
         code = grpc_check(port, bad)
         if code != GRPC_UNAUTHENTICATED:
