@@ -1,6 +1,6 @@
 """extauthz: an Envoy ext_authz (v3, gRPC) server that verifies JWTs against a rotating JWKS.
 
-Commands: serve, check-config, demo, issuer, token, dpop-proof.
+Commands: serve, check-config, test-config, demo, issuer, token, dpop-proof.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import shlex
 import signal
 import socket
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, config, logs
-from .errors import ConfigError, LogSettingError
+from .errors import ConfigError, LogSettingError, RequestsFileError
 
 if TYPE_CHECKING:
     from .dev.client import ClientKey
@@ -73,13 +74,20 @@ def _config_path(args: argparse.Namespace) -> str:
 
 
 def _load(args: argparse.Namespace) -> config.Config:
-    path = _config_path(args)
+    return _load_file(_config_path(args))
+
+
+def _problems(path: str, what: str, exc: ConfigError) -> None:
+    print(f"{path}: invalid {what}", file=sys.stderr)
+    for where, msg in exc.problems:
+        print(f"  {where or '(top level)'}: {msg}", file=sys.stderr)
+
+
+def _load_file(path: str) -> config.Config:
     try:
         return config.load(path)
     except ConfigError as exc:
-        print(f"{path}: invalid configuration", file=sys.stderr)
-        for where, msg in exc.problems:
-            print(f"  {where or '(top level)'}: {msg}", file=sys.stderr)
+        _problems(path, "configuration", exc)
         raise SystemExit(EXIT_CONFIG) from None
 
 
@@ -117,6 +125,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"{_config_path(args)}: OK")
     print(config.summary(cfg))
     return 0
+
+
+def cmd_test_config(args: argparse.Namespace) -> int:
+    from .policytest import cases, report, runner
+
+    cfg = _load_file(args.config)
+    try:
+        outcomes = runner.run(cfg, cases.load(args.requests), time.time())
+    except RequestsFileError as exc:
+        _problems(args.requests, "requests file", exc)
+        return EXIT_CONFIG
+    print(report.as_json(outcomes) if args.format == "json" else report.text(outcomes))
+    return 0 if all(o.passed for o in outcomes) else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -392,9 +413,15 @@ def parser() -> argparse.ArgumentParser:
     _log_options(p, top=True, fmt_default=f"{auto}; text for demo")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, text: str, env: tuple[str, ...]) -> argparse.ArgumentParser:
+    def command(
+        name: str, text: str, env: tuple[str, ...], description: str | None = None
+    ) -> argparse.ArgumentParser:
         s = sub.add_parser(
-            name, help=text, description=text, formatter_class=_Help, epilog=_epilog(*env)
+            name,
+            help=text,
+            description=description or text,
+            formatter_class=_Help,
+            epilog=_epilog(*env),
         )
         _log_options(s, top=False, fmt_default="text" if name == "demo" else auto)
         return s
@@ -406,6 +433,26 @@ def parser() -> argparse.ArgumentParser:
     c = command("check-config", "validate a config and print a summary", all_env)
     c.add_argument("--config", help="YAML config file (default: $EXTAUTHZ_CONFIG)")
     c.set_defaults(func=cmd_check_config)
+
+    tc = command(
+        "test-config",
+        "check a config's answers to a table of requests, without a server",
+        log_env,
+        "Decide each request of REQUESTS with CONFIG, as the server would, and check the "
+        "answer against the request's expectations. No server, proxy or network: minted "
+        "tokens are signed by local keys that stand in for each provider's JWKS. "
+        "Exit status: 0 every expectation holds, 1 some do not, 2 a file is invalid.",
+    )
+    tc.add_argument("config", metavar="CONFIG", help="YAML config file")
+    tc.add_argument(
+        "requests",
+        metavar="REQUESTS",
+        help="YAML file of requests and their expected answers (docs/policy.md)",
+    )
+    tc.add_argument(
+        "--format", choices=("text", "json"), default="text", help="how the outcome is printed"
+    )
+    tc.set_defaults(func=cmd_test_config)
 
     d = command("demo", "dev issuer + server + Envoy + upstream, with curl commands", log_env)
     d.add_argument("--port", type=int, default=10000, help="Envoy listener port (0: any free)")

@@ -740,7 +740,7 @@ def with_server(config: Config, changes: Mapping[str, Any] | None = None, /, **m
         )
     except ValidationError as exc:
         raise ConfigError(
-            [(f"server.{_path(e['loc'])}", _message(e)) for e in exc.errors()]
+            [(f"server.{_path(e['loc'])}", error_message(e)) for e in exc.errors()]
         ) from None
     return config.model_copy(update={"server": server})
 
@@ -758,8 +758,9 @@ def _path(loc: tuple[int | str, ...]) -> str:
 
 
 def _expected(ctx: Mapping[str, Any]) -> str:
-    """pydantic's "'deny' or 'allow'" as "deny, allow"."""
-    return ", ".join(re.findall(r"'([^']*)'", str(ctx.get("expected", ""))))
+    """pydantic's "'deny' or 'allow'" as "deny, allow" (and "200 or 401" as "200, 401")."""
+    text = str(ctx.get("expected", ""))
+    return ", ".join(re.findall(r"'([^']*)'", text) or re.split(r", | or ", text))
 
 
 def _items(n: object) -> str:
@@ -795,10 +796,14 @@ _MESSAGES: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "string_too_short": lambda _: "must not be empty",
     "string_pattern_mismatch": lambda _: "contains characters that are not allowed here",
     "path_type": lambda _: "expected a file path",
+    "invalid-json-value": lambda _: (
+        "expected text, a number, true/false, null, a list or a mapping"
+    ),
 }
 
 
-def _message(err: Mapping[str, Any]) -> str:
+def error_message(err: Mapping[str, Any]) -> str:
+    """One pydantic error in the user's words (never pydantic's wording)."""
     kind = err["type"]
     if kind == "value_error":
         return str(err["msg"]).removeprefix("Value error, ")
@@ -819,7 +824,7 @@ def from_mapping(data: object) -> Config:
     except ValidationError as exc:
         for err in exc.errors():
             if err["type"] != "coherence":  # reported below, with exact key paths
-                problems.append((_path(err["loc"]), _message(err)))
+                problems.append((_path(err["loc"]), error_message(err)))
     # Checks across keys run on the raw mapping too: every problem in one pass.
     problems += [p for p in config_problems(data) if p not in problems]
     if problems or config is None:
@@ -829,6 +834,11 @@ def from_mapping(data: object) -> Config:
 
 def load(path: str | os.PathLike[str]) -> Config:
     """Read and validate a YAML file. Raises ConfigError."""
+    return from_mapping(read_yaml(path))
+
+
+def read_yaml(path: str | os.PathLike[str]) -> object:
+    """The parsed YAML of a file. Raises ConfigError when it cannot be read or parsed."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -839,7 +849,7 @@ def load(path: str | os.PathLike[str]) -> Config:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError([("", f"invalid YAML: {_yaml_problem(exc, path)}")]) from None
-    return from_mapping(data)
+    return data
 
 
 def _yaml_problem(exc: yaml.YAMLError, path: str | os.PathLike[str]) -> str:

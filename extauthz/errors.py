@@ -4,6 +4,7 @@
 
     ExtAuthzError
     ├── ConfigError               a configuration file or mapping is invalid
+    │   └── RequestsFileError       a test-config requests file is invalid
     ├── LogSettingError           --log-level / --log-format / EXTAUTHZ_LOG_* is unknown
     ├── JwksError                 a JWKS document holds no usable key (parse, not I/O)
     │   └── KeyFetchError         a JWKS could not be fetched or read (I/O)
@@ -52,6 +53,11 @@ class ConfigError(ExtAuthzError):
     def __init__(self, problems: Sequence[tuple[str, str]]) -> None:
         self.problems = tuple(problems)
         super().__init__("; ".join(f"{p}: {m}" if p else m for p, m in self.problems))
+
+
+class RequestsFileError(ConfigError):
+    """The requests file of ``extauthz test-config`` is invalid, or asks something of the
+    configuration it cannot answer; ``problems`` as for ConfigError."""
 
 
 class LogSettingError(ExtAuthzError, ValueError):

@@ -288,6 +288,7 @@ def test_a_logger_writes_to_the_current_stderr_not_a_closed_one(
         pytest.param([], ALL_ENV, ["(default: $EXTAUTHZ_LOG_LEVEL, else info)"], id="top"),
         pytest.param(["serve"], ALL_ENV, ["(default: $EXTAUTHZ_CONFIG)"], id="serve"),
         pytest.param(["check-config"], ALL_ENV, ["(default: $EXTAUTHZ_CONFIG)"], id="check"),
+        pytest.param(["test-config"], LOG_ENV, ["(default: text)"], id="test-config"),
         pytest.param(
             ["demo"], LOG_ENV, ["(default: 10000)", "(default: EdDSA)", "(default: 60s)"], id="demo"
         ),

@@ -20,7 +20,11 @@ from tests.support.proxies import EXAMPLE_CERTS
 
 REPO = Path(__file__).resolve().parent.parent
 ENVOY_YAMLS = sorted((REPO / "envoy").glob("*.yaml"))
-EXAMPLE_YAMLS = sorted((REPO / "examples").glob("*.yaml"))
+# extauthz configs; a `-tests.yaml` is test-config's requests for the config it names
+# (tests/test_test_config.py runs it).
+EXAMPLE_YAMLS = sorted(
+    p for p in (REPO / "examples").glob("*.yaml") if not p.name.endswith("-tests.yaml")
+)
 ISTIO = REPO / "deploy" / "istio"
 # The extauthz config that envoy/per-route.yaml is written for.
 PER_ROUTE_CONFIG = REPO / "examples" / "policy.yaml"

@@ -30,7 +30,7 @@ import urllib.parse
 import uuid
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,12 +155,13 @@ class DevIssuer:
         claims: Mapping[str, Any] | None = None,
         cnf: Mapping[str, str] | None = None,
         typ: str = "JWT",
+        omit: Collection[str] = (),
     ) -> str:
         """A signed token. ``cnf`` binds it to a DPoP key (``{"jkt": …}``, RFC 9449) or
         a client certificate (``{"x5t#S256": …}``, RFC 8705); ``typ`` "at+jwt" makes it
-        an RFC 9068 access token."""
+        an RFC 9068 access token; ``omit`` names claims left out (``iat``, ``sub``…)."""
         with self._lock:
-            return self._mint(sub, aud, scope, ttl, claims, cnf, typ)
+            return self._mint(sub, aud, scope, ttl, claims, cnf, typ, omit)
 
     def _mint(
         self,
@@ -171,6 +172,7 @@ class DevIssuer:
         claims: Mapping[str, Any] | None,
         cnf: Mapping[str, str] | None,
         typ: str,
+        omit: Collection[str],
     ) -> str:
         self._tick()
         body = self._claims(sub, aud, scope, ttl)
@@ -178,7 +180,11 @@ class DevIssuer:
             body["cnf"] = dict(cnf)
         body.update(claims or {})
         key = self._current
-        key.latest_exp = max(key.latest_exp, float(body["exp"]))
+        exp = body.get("exp")
+        if isinstance(exp, int | float) and not isinstance(exp, bool):
+            key.latest_exp = max(key.latest_exp, float(exp))
+        for name in omit:
+            body.pop(name, None)
         header = {"alg": self.alg, "kid": key.kid, "typ": typ}
         with warnings.catch_warnings():
             # joserfc flags the "EdDSA" name (RFC 9864 prefers "Ed25519"); verifiers in
