@@ -1,7 +1,8 @@
 """extauthz: an external-authorization server for Envoy and other proxies that verifies
 JWTs against a rotating JWKS and answers allow or deny.
 
-The command line (``extauthz serve``, ``check-config``, ``demo``) is the main interface.
+The command line (``extauthz serve``, ``check-config``, ``test-config``, ``demo``) is the
+main interface.
 For embedding the decision core, the public names are few and stable::
 
     import extauthz
