@@ -14,7 +14,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping
 
-from . import errors, logs, metrics
+from . import errors, logs, metrics, tracing
 from .core.decision import Decision, NeedIntrospection, NeedKeys, refuse, unknown_key
 from .core.introspected import Answer
 from .core.policy import Policy
@@ -174,9 +174,10 @@ class Authorizer:
         *,
         front_door: str,
     ) -> None:
-        """Metrics and the log line for the answer a front door sent: ``status`` is the
-        HTTP status it stands for, ``started`` a ``time.perf_counter()`` reading taken
-        when the request arrived, ``front_door`` ``grpc`` or ``http``."""
+        """Metrics, the log line and the span (with tracing on) for the answer a front
+        door sent: ``status`` is the HTTP status it stands for, ``started`` a
+        ``time.perf_counter()`` reading taken when the request arrived, ``front_door``
+        ``grpc`` or ``http``."""
         metrics.CHECK_DURATION.observe(time.perf_counter() - started)
         metrics.check_counter(
             "allow" if decision.allowed else "deny",
@@ -204,6 +205,8 @@ class Authorizer:
                 sub=decision.sub,
                 request_id=req.request_id,
             )
+        if tracing.spans is not None:
+            tracing.spans.decision(req, decision, status, started, front_door)
 
     async def _after_refetch(self, req: AuthRequest, need: NeedKeys, budget: float) -> Decision:
         source = self.sources[need.provider]
@@ -226,7 +229,8 @@ class Authorizer:
         self, req: AuthRequest, need: NeedIntrospection, budget: float
     ) -> Decision:
         try:
-            answer = await self.introspectors[need.provider].introspect(need.token, budget)
+            introspector = self.introspectors[need.provider]
+            answer = await introspector.introspect(need.token, budget, req.headers)
         except errors.IntrospectionUnavailable as exc:
             iss = self.policy.providers[need.provider].config.issuer
             return refuse(exc, rule=need.rule, provider=need.provider, iss=iss, dpop=need.dpop)

@@ -390,6 +390,37 @@ _REDIS_OPTIONS = frozenset(
 )
 
 
+class TracingSettings(_Model):
+    """The ``server.tracing:`` section: OpenTelemetry spans sent over OTLP/HTTP."""
+
+    otlp_endpoint: AbsoluteUrl
+    # Requests without a trace context: the share traced. A parent's choice is followed.
+    sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    service_name: str = Field(default="extauthz", min_length=1)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        if urlsplit(value).username is not None:
+            raise ValueError(
+                "must not carry credentials (user:password@): the URL is shown by "
+                "check-config; set OTEL_EXPORTER_OTLP_TRACES_HEADERS instead"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _installed(self) -> TracingSettings:
+        from .tracing import missing_packages  # no OpenTelemetry import: a lookup only
+
+        absent = missing_packages()
+        if absent:
+            raise ValueError(
+                f"the OpenTelemetry packages are not installed ({', '.join(absent)}): "
+                "pip install 'extauthz[tracing]'"
+            )
+        return self
+
+
 class ServerSettings(_Model):
     """The ``server:`` section: listeners, processes, caches, TLS, shutdown."""
 
@@ -409,6 +440,8 @@ class ServerSettings(_Model):
     # shared by every replica ("redis://HOST:PORT/DB", "rediss://…" for TLS).
     # Not in repr: a Redis URL may carry a password.
     replay_store: str = Field(default="memory", repr=False)
+    # OpenTelemetry traces (the `tracing` extra); unset: no spans, no exporter.
+    tracing: TracingSettings | None = None
 
     @field_validator("replay_store")
     @classmethod
@@ -710,14 +743,9 @@ def config_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
 #: ``server.*`` keys that only a restart changes (listeners, processes, TLS). Adding or
 #: removing ``server.http`` counts as a change of ``http.listen``.
 RESTART_ONLY = (
-    "listen",
-    "admin_listen",
-    "workers",
-    "grpc_threads",
-    "tls",
-    "http.listen",
-    "replay_store",
-)
+    "listen", "admin_listen", "workers", "grpc_threads", "tls", "http.listen", "replay_store",
+    "tracing",
+)  # fmt: skip
 
 
 def with_server(config: Config, changes: Mapping[str, Any] | None = None, /, **more: Any) -> Config:
@@ -914,6 +942,12 @@ def summary(config: Config) -> str:
         if h.protected_resource is not None:
             lines.append(f"  serves RFC 9728 metadata for {h.protected_resource.resource}")
     lines.append(f"replay store: {_describe_replay_store(s.replay_store)}")
+    if s.tracing is not None:
+        t = s.tracing
+        lines.append(
+            f"tracing: OTLP/HTTP to {t.otlp_endpoint} as {t.service_name}, "
+            f"sample ratio {t.sample_ratio:g} (a parent's decision is followed)"
+        )
     if s.workers != 1 and per_process_replay(config):
         lines.append(
             "  warning: each worker remembers its own DPoP proofs, so a proof can be "

@@ -15,13 +15,13 @@ import asyncio
 import base64
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote_plus
 
 import aiohttp
 
-from . import __version__, errors, logs, metrics
+from . import __version__, errors, logs, metrics, tracing
 from .config import IntrospectionSettings, Provider
 from .core.cache import digest
 from .core.introspected import INACTIVE, Answer, AnswerCache, kept_until
@@ -43,7 +43,12 @@ MAX_CACHED_ANSWER_BYTES = 8 * 1024
 
 
 class _Failed(Exception):
-    """The endpoint gave no usable answer; the message is for the operator's log."""
+    """The endpoint gave no usable answer; the message is for the operator's log,
+    ``status`` the HTTP status it answered with, if it answered."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def basic_credentials(client_id: str, secret: str) -> str:
@@ -93,16 +98,19 @@ class Introspector:
     def entries(self) -> int:
         return len(self.cache) + len(self.negatives)
 
-    async def introspect(self, token: str, budget: float) -> Answer:
+    async def introspect(
+        self, token: str, budget: float, trace: Mapping[str, str] | None = None
+    ) -> Answer:
         """``token``'s answer, from a call made now or already in flight (it is cached
         for the requests after). Raises :class:`~extauthz.errors.IntrospectionUnavailable`
-        when there is none within ``budget`` seconds."""
+        when there is none within ``budget`` seconds. ``trace``: the headers of the
+        request that waits, whose trace context a new call's span joins."""
         key = digest(token)
         task = self._inflight.get(key)
         if task is None:
             if len(self._inflight) >= MAX_IN_FLIGHT:
                 raise errors.IntrospectionUnavailable("too many introspection calls in flight")
-            task = asyncio.create_task(self._call(key, token))
+            task = asyncio.create_task(self._call(key, token, trace))
             self._inflight[key] = task
             task.add_done_callback(lambda done: self._finished(key, done))
         try:
@@ -122,28 +130,36 @@ class Introspector:
         if not task.cancelled():
             task.exception()  # retrieved: every waiter may have given up already
 
-    async def _call(self, key: bytes, token: str) -> Answer:
+    async def _call(self, key: bytes, token: str, trace: Mapping[str, str] | None) -> Answer:
         started = time.perf_counter()
         result = "error"
-        try:
-            answer, size = await self._ask(token)
-            result = "active" if answer.active else "inactive"
-            if size <= MAX_CACHED_ANSWER_BYTES:
-                now = self._clock()
-                cache = self.cache if answer.active else self.negatives
-                cache.put(key, answer, kept_until(answer, self.settings, now), now)
-            return answer
-        except _Failed as exc:
-            _log.warning(
-                "introspection_failed",
-                provider=self.name,
-                endpoint=self.settings.endpoint,
-                error=str(exc),
-            )
-            raise errors.IntrospectionUnavailable() from None
-        finally:
-            metrics.INTROSPECTIONS.labels(self.name, result).inc()
-            metrics.INTROSPECTION_DURATION.labels(self.name).observe(time.perf_counter() - started)
+        status: int | None = None
+        span = tracing.call("extauthz.introspection", {"extauthz.provider": self.name}, trace)
+        with span as call:
+            try:
+                answer, size = await self._ask(token)
+                result, status = ("active" if answer.active else "inactive"), 200
+                if size <= MAX_CACHED_ANSWER_BYTES:
+                    now = self._clock()
+                    cache = self.cache if answer.active else self.negatives
+                    cache.put(key, answer, kept_until(answer, self.settings, now), now)
+                return answer
+            except _Failed as exc:
+                status = exc.status
+                _log.warning(
+                    "introspection_failed",
+                    provider=self.name,
+                    endpoint=self.settings.endpoint,
+                    error=str(exc),
+                )
+                # The span says that it failed; the log line says why.
+                call.fail("no usable answer")
+                raise errors.IntrospectionUnavailable() from None
+            finally:
+                call.set({"extauthz.result": result, "http.response.status_code": status})
+                metrics.INTROSPECTIONS.labels(self.name, result).inc()
+                duration = time.perf_counter() - started
+                metrics.INTROSPECTION_DURATION.labels(self.name).observe(duration)
 
     async def _ask(self, token: str) -> tuple[Answer, int]:
         endpoint, timeout = self.settings.endpoint, self.settings.timeout
@@ -158,10 +174,11 @@ class Introspector:
                 if resp.status in (401, 403):
                     raise _Failed(
                         f"HTTP {resp.status} from {endpoint}: the endpoint refused "
-                        f"client_id {self.settings.client_id!r} and its secret"
+                        f"client_id {self.settings.client_id!r} and its secret",
+                        resp.status,
                     )
                 if resp.status != 200:
-                    raise _Failed(f"HTTP {resp.status} from {endpoint}")
+                    raise _Failed(f"HTTP {resp.status} from {endpoint}", resp.status)
                 body = await _read_capped(resp)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise _Failed(describe(exc, endpoint, timeout)) from None
@@ -169,7 +186,10 @@ class Introspector:
             raise
         except Exception as exc:  # anything else the client raises: named, not shown
             raise _Failed(f"{exc.__class__.__name__} asking {endpoint}") from None
-        return parse_answer(body), len(body)
+        try:
+            return parse_answer(body), len(body)
+        except _Failed as exc:
+            raise _Failed(str(exc), 200) from None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -198,5 +218,5 @@ class Introspector:
 async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
     body = await read_capped(resp, MAX_ANSWER_BYTES)
     if body is None:
-        raise _Failed(f"the answer is larger than {MAX_ANSWER_BYTES} bytes")
+        raise _Failed(f"the answer is larger than {MAX_ANSWER_BYTES} bytes", resp.status)
     return body

@@ -234,3 +234,26 @@ def test_bench_dpop_smoke() -> None:
         assert re.fullmatch(NUMBER + "\u00d7", cells[4]), (name, cells)  # ratio to bearer_verify
         assert float(cells[5].replace(",", "")) > 0, (name, cells)  # wall µs/decision
     assert "cryptography " in proc.stdout and "commit " in proc.stdout
+
+
+# ----------------------------------------------------------------- tracing cost, in process
+
+
+@pytest.mark.timeout(120)
+def test_bench_tracing_cost_smoke() -> None:
+    """`python -m bench.tracing_cost` times tracing off, on but unsampled, and sampled;
+    every decision must be an allow, and spans must reach its sink exactly when sampled."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.tracing_cost", "--iterations", "50", "--repeat", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    for name in ("off", "unsampled", "sampled"):
+        cells = _row(proc.stdout, name)
+        cpu = re.fullmatch(rf"({NUMBER}) \[{NUMBER}\u2013{NUMBER}\]", cells[1])
+        assert cpu is not None and float(cpu.group(1).replace(",", "")) > 0, (name, cells)
+        assert re.fullmatch(rf"[+-]{NUMBER}", cells[2]), (name, cells)  # added over off

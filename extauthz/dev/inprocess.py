@@ -2,8 +2,8 @@
 benchmarks and experiments (``python -m bench.dpop``).
 
 Built as a serving process builds it — key sources loaded before the first request, the
-replay store from ``server.replay_store``, introspection clients — and asked as each
-front door asks it (:meth:`InProcess.check`).
+replay store from ``server.replay_store``, introspection clients, traces from
+``server.tracing`` — and asked as each front door asks it (:meth:`InProcess.check`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 
 from .. import config as configmod
-from .. import logs
+from .. import logs, tracing
 from .. import replay as replay_store
 from ..authorizer import Authorizer
 from ..core.decision import Decision
@@ -38,6 +38,7 @@ class InProcess:
         or RuntimeError when a provider's keys do not load."""
         logs.configure(log_level)
         cfg = configmod.from_mapping(settings)
+        tracing.setup(cfg.server.tracing)
         session: aiohttp.ClientSession | None = None
 
         def client() -> aiohttp.ClientSession:
@@ -66,7 +67,13 @@ class InProcess:
     async def check(self, req: AuthRequest) -> Decision:
         return await self.authorizer.check(req)
 
+    def flush_traces(self) -> None:
+        """Export the spans queued so far, now (with ``server.tracing``)."""
+        if tracing.spans is not None:
+            tracing.spans.provider.force_flush()
+
     async def close(self) -> None:
+        tracing.shutdown()
         await self.authorizer.replay.close()
         for introspector in self.authorizer.introspectors.values():
             await introspector.close()

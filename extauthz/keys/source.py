@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from .. import files, logs, metrics
+from .. import files, logs, metrics, tracing
 from ..config import Provider
 from ..errors import JwksError, KeyFetchError
 from . import jwks
@@ -130,6 +130,7 @@ class HttpFetcher:
         self._etag: str | None = None
         self._last_modified: str | None = None
         self._fetching = ""  # the URL of the request under way, for error messages
+        self.status: int | None = None  # the last answer's HTTP status, for traces
 
     @property
     def where(self) -> str:
@@ -138,9 +139,11 @@ class HttpFetcher:
     async def _get(self, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
         self._fetching = url
         timeout = aiohttp.ClientTimeout(total=self._provider.fetch_timeout)
-        return await self._session().get(
+        resp = await self._session().get(
             url, headers=headers, timeout=timeout, allow_redirects=False
         )
+        self.status = resp.status
+        return resp
 
     async def _discover(self) -> str:
         url = self._provider.issuer.rstrip("/") + "/.well-known/openid-configuration"
@@ -159,6 +162,7 @@ class HttpFetcher:
         return uri
 
     async def fetch(self, *, no_cache: bool = False) -> Fetched | object:
+        self.status = None
         try:
             if self._uri is None:
                 self._uri = await self._discover()
@@ -328,6 +332,23 @@ class KeySource:
     # -- fetching ---------------------------------------------------------------------
     async def refresh(self, trigger: str, *, no_cache: bool = False) -> bool:
         """One fetch; True when a good key set is in place afterwards (new or unchanged)."""
+        named = {"extauthz.provider": self.name, "extauthz.trigger": trigger}
+        with tracing.call("extauthz.jwks_fetch", named) as call:
+            outcome = await self._refresh(trigger, no_cache)
+            http = self._fetcher if isinstance(self._fetcher, HttpFetcher) else None
+            call.set(
+                {
+                    "extauthz.result": outcome,
+                    "http.response.status_code": http.status if http is not None else None,
+                    "extauthz.keys": len(self._keys.keys) if self._keys is not None else 0,
+                }
+            )
+            if outcome == "error" and self.last_error is not None:
+                call.fail(self.last_error)  # the jwks_fetch_failed log line's words
+        return outcome != "error"
+
+    async def _refresh(self, trigger: str, no_cache: bool) -> str:
+        """:meth:`refresh`'s work; ``success``, ``not_modified`` or ``error``."""
         try:
             result = await self._fetcher.fetch(no_cache=no_cache)
             if result is NOT_MODIFIED:
@@ -358,7 +379,7 @@ class KeySource:
             self._next_due = self._clock() + backoff(
                 self._failures - 1, cap=min(30.0, self.provider.refresh_interval)
             )
-            return False
+            return "error"
         if outcome == "not_modified":
             self._schedule(None)
         self._failures = 0
@@ -366,7 +387,7 @@ class KeySource:
         self._confirmed_at = self._clock()
         self._ready.set()
         metrics.JWKS_FETCHES.labels(self.name, outcome, trigger).inc()
-        return True
+        return outcome
 
     def _schedule(self, max_age: float | None) -> None:
         p = self.provider

@@ -24,7 +24,7 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from .. import __version__, files, logs, metrics
+from .. import __version__, files, logs, metrics, tracing
 from .. import config as configmod
 from .. import replay as replay_store
 from ..authorizer import Authorizer
@@ -104,6 +104,7 @@ class ServingProcess:
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
+        tracing.setup(cfg.server.tracing)
         self.sources = {
             name: self._new_source(name, p) for name, p in cfg.providers.items() if p.has_keys
         }
@@ -193,6 +194,7 @@ class ServingProcess:
         if self._session is not None:
             await self._session.close()
         await self.replay.close()
+        tracing.shutdown()
         _log.info("stopped")
 
     # -- readiness -----------------------------------------------------------------------
