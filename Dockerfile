@@ -22,8 +22,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY extauthz ./extauthz
 # pip compiles the .pyc files here, so the read-only runtime never needs to write
-# them; pip itself is not needed at runtime.
-RUN /opt/extauthz/bin/pip install . \
+# them; pip itself is not needed at runtime. The tracing extra is included so that
+# server.tracing works from the image (it is imported only when configured).
+RUN /opt/extauthz/bin/pip install '.[tracing]' \
  && /opt/extauthz/bin/pip uninstall --yes pip
 
 # ---- runtime: the venv and nothing else (no compilers, no source tree, no pip cache)
