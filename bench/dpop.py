@@ -4,6 +4,9 @@ Bearer request, in one process.
     python -m bench.dpop                             # 2000 decisions x 5 repeats per case
     python -m bench.dpop --iterations 50 --repeat 1  # smoke: correctness only
     python -m bench.dpop --redis redis://127.0.0.1:6379/0
+    python -m bench.dpop --json dpop.json            # also the figures, for the report
+
+``python -m bench`` runs it (pinned to core 0) and puts its table in docs/benchmarks.md.
 
 Every case sends prepared requests through ``Authorizer.check``, the call the gRPC door
 makes for each Check, and times the loop with ``time.process_time``: this process's CPU,
@@ -20,8 +23,10 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -29,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -78,6 +83,40 @@ class Case:
     store: str = "memory"  # "memory" or "redis"
     cpu_us: list[float] = field(default_factory=list)  # per repeat
     wall_us: list[float] = field(default_factory=list)
+
+    def row(self) -> Row:
+        return Row(self.name, self.what, list(self.cpu_us), list(self.wall_us))
+
+
+@dataclass
+class Row:
+    """One case's figures: CPU and wall µs per decision, one of each per repeat."""
+
+    name: str
+    what: str
+    cpu_us: list[float] = field(default_factory=list)
+    wall_us: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Result:
+    """What one run measured: ``--json`` writes it, the report's DPoP section reads it."""
+
+    iterations: int
+    repeat: int
+    rows: list[Row]
+    missing: dict[str, str]  # case -> why it was not measured
+    info: dict[str, str]
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Result:
+        rows = [Row(r["name"], r["what"], [float(x) for x in r["cpu_us"]],
+                    [float(x) for x in r["wall_us"]]) for r in d["rows"]]  # fmt: skip
+        return cls(int(d["iterations"]), int(d["repeat"]), rows, dict(d["missing"]),
+                   {str(k): str(v) for k, v in d["info"].items()})  # fmt: skip
+
+    def row(self, name: str) -> Row | None:
+        return next((r for r in self.rows if r.name == name and r.cpu_us), None)
 
 
 @dataclass
@@ -218,26 +257,41 @@ def commit() -> str:
     return head + (" + uncommitted changes to extauthz/" if dirty else "")
 
 
+def redis_server_version() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return "not installed"
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+    m = re.search(r"\bv=(\S+)", out.stdout)
+    return m.group(1) if m else "unknown"
+
+
 def _range(vals: list[float]) -> str:
     med = statistics.median(vals)
     return f"{med:,.1f} [{min(vals):,.1f}–{max(vals):,.1f}]"
 
 
-def _ratio(case: Case, base: Case | None) -> str:
+def ratio(case: Row, base: Row | None) -> float | None:
+    """The median of per-repeat CPU ratios (each run over its own repeat's baseline, as
+    ``python -m bench`` pairs them)."""
     if base is None or not base.cpu_us or not case.cpu_us:
-        return "–"
-    # Paired by repeat (each run over its own repeat's baseline), as `python -m bench` does.
-    return f"{statistics.median(c / b for c, b in zip(case.cpu_us, base.cpu_us, strict=True)):.2f}×"
+        return None
+    return statistics.median(c / b for c, b in zip(case.cpu_us, base.cpu_us, strict=True))
 
 
-def table(all_cases: list[Case], why_missing: dict[str, str]) -> str:
-    by_name = {c.name: c for c in all_cases}
+def _ratio(case: Row, base: Row | None) -> str:
+    r = ratio(case, base)
+    return "–" if r is None else f"{r:.2f}×"
+
+
+def table(rows: list[Row], why_missing: dict[str, str]) -> str:
+    by_name = {c.name: c for c in rows}
     lines = [
         "| case | what | CPU µs/decision median [min–max] | × bearer_cached "
         "| × bearer_verify | wall µs/decision |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    for c in all_cases:
+    for c in rows:
         if not c.cpu_us:
             lines.append(f"| `{c.name}` | {c.what} | n/a ({why_missing[c.name]}) | – | – | – |")
             continue
@@ -253,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=2000, help="timed decisions per run")
     p.add_argument("--repeat", type=int, default=5, help="runs per case (default 5)")
     p.add_argument("--redis", help="replay store for dpop_redis (default: start redis-server)")
+    p.add_argument("--json", type=Path, help="also write the figures to this file")
     args = p.parse_args(argv)
     n, r = max(1, args.iterations), max(1, args.repeat)
     if n + WARMUP > MEMORY_REPLAY_ENTRIES:  # the memory store refuses when full: denials
@@ -273,14 +328,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.dpop: {len(chosen)} cases, {r} x {n:,} decisions", file=sys.stderr)
         asyncio.run(measure(chosen, b, redis_url, n, r))
 
-    info: dict[str, Any] = {
+    info = {
         "commit": commit(), "python": platform.python_version(),
         "cryptography": _version("cryptography"), "joserfc": _version("joserfc"),
-        "redis-py": _version("redis"), "cores": sorted(os.sched_getaffinity(0)),
+        "redis-py": _version("redis"), "redis-server": redis_server_version(),
+        "cores": ",".join(str(c) for c in sorted(os.sched_getaffinity(0))),
     }  # fmt: skip
-    print(table(all_cases, why_missing))
+    result = Result(n, r, [c.row() for c in all_cases], why_missing, info)
+    print(table(result.rows, why_missing))
     print(f"\n{n:,} decisions x {r} repeat(s) per case; "
           + ", ".join(f"{k} {v}" for k, v in info.items()))  # fmt: skip
+    if args.json is not None:
+        args.json.write_text(json.dumps(asdict(result), indent=1) + "\n", encoding="utf-8")
     return 0
 
 

@@ -1,74 +1,41 @@
-"""``python -m bench.merge``: put the groups of a partial run into an existing report.
+"""``python -m bench.merge``: put the parts of a partial run into an existing report.
 
-    python -m bench --only http --out /tmp/bench-http.md   # ends: results: <workdir>/results.json
-    python -m bench.merge <workdir>/results.json            # into docs/benchmarks.md (and .svg)
+    python -m bench --only http                    # ends: results: <workdir>/results.json
+    python -m bench.merge <workdir>/results.json   # into docs/benchmarks.md (and .svg)
 
-A full ``python -m bench`` takes long. A partial run measures some groups side by side;
-the merge then, in the report:
+A full ``python -m bench`` writes the whole report, and takes long. A partial run
+(``--only``) measures some parts (contender groups, ``rss``, ``dpop``, ``profile``) side by
+side; the merge then, in the report:
 
-- replaces the sections of the groups the partial run measured (or inserts them in
+- replaces the sections of the parts the partial run measured (or inserts them in
   document order), each opening with a note that names the run, its date and how its
-  machine table differs from the document's;
-- replaces those contenders' entries in the Commands block;
+  machine table differs from the document's; a part it was asked for but could not
+  measure (the profile without py-spy) leaves the report's section as it is;
+- replaces those parts' entries in the Commands block;
 - refreshes the generator's fixed text (the core split, the Commands notes, "What
   limits each number"), which no measurement feeds;
 - redraws the chart from the document's own tables (their per-run rps) and the new runs.
 
-Everything else (the other tables, the Machine table, the top line) stays from the run
-that wrote it; the top says that sections with a *Merged* note come from later runs.
+Every other section stays as it was, one the generator does not know included: a merge
+drops nothing. The top says that sections with a *Merged* note come from later runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from . import report
-from .contenders import BY_NAME, CONTENDERS, RunResult
-from .report import TITLES, Outcome
+from .contenders import BY_NAME, RunResult
+from .report import HEADINGS, Outcome
+from .results import GROUPS, PARTS, Run
 
 MERGED_MARK = "*Merged"
 INTRO_NOTE = (
     "Sections that open with a *Merged* note come from a later partial run "
     "(`python -m bench.merge`), named in that note; the rest is from the run above.\n"
 )
-LIMITS_HEADING = "## What limits each number"
-
-
-@dataclass
-class Results:
-    """A run's ``results.json`` (written by ``python -m bench`` into its workdir)."""
-
-    argv: str
-    duration: float
-    repeat: int
-    smoke: bool
-    when: str
-    info: dict[str, str]
-    outcomes: dict[str, Outcome] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: Path) -> Results:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        if "when" not in data or "info" not in data:
-            raise SystemExit(f"{path}: no run date or machine info (written by an older bench)")
-        outcomes = {}
-        for name, o in data["outcomes"].items():
-            if name not in BY_NAME:
-                raise SystemExit(f"{path}: unknown contender {name!r}")
-            runs = [RunResult(**r) for r in o["runs"]]
-            outcomes[name] = Outcome(name, o["status"], o["message"], runs)
-        return cls(data["argv"], float(data["duration"]), int(data["repeat"]),
-                   bool(data["smoke"]), data["when"], dict(data["info"]), outcomes)  # fmt: skip
-
-    @property
-    def groups(self) -> list[str]:
-        present = {BY_NAME[n].group for n in self.outcomes}
-        return [g for g in TITLES if g in present]
 
 
 # ----------------------------------------------------------------------- markdown blocks
@@ -89,14 +56,11 @@ def split_sections(text: str) -> list[str]:
 
 
 def _key(block: str) -> str | None:
-    """The group a section belongs to, or its heading for the other sections."""
+    """The part or section a block is (a key of ``HEADINGS``), else its heading."""
     first = block.split("\n", 1)[0]
     if not first.startswith("## "):
         return None
-    for group, title in TITLES.items():
-        if first.startswith(f"## {title}"):
-            return group
-    return first
+    return next((k for k, heading in HEADINGS.items() if first.startswith(heading)), first)
 
 
 def _table(block: str) -> dict[str, str]:
@@ -109,7 +73,7 @@ def _table(block: str) -> dict[str, str]:
     return rows
 
 
-def note(res: Results, doc_info: dict[str, str]) -> str:
+def note(res: Run, doc_info: dict[str, str], part: str = "grpc") -> str:
     differs = [f"{k} {v} (table: {doc_info[k]})" for k, v in res.info.items()
                if k in doc_info and doc_info[k] != v]  # fmt: skip
     added = [f"{k} {v}" for k, v in res.info.items() if k not in doc_info]
@@ -119,23 +83,25 @@ def note(res: Results, doc_info: dict[str, str]) -> str:
     if added:
         machine += "; also " + ", ".join(added)
     smoke = " — **smoke run: correctness only, figures meaningless**" if res.smoke else ""
+    figures = ""
+    if part in GROUPS:
+        figures = (f"; each figure is the median of {res.repeat} run(s) of {res.duration:g} s, "
+                   "ratios only between contenders of that run")  # fmt: skip
     return (f"{MERGED_MARK} from a separate run:* `{report.portable(res.argv)}` on "
-            f"{res.when}{smoke}; each figure is the median of {res.repeat} run(s) of "
-            f"{res.duration:g} s, ratios only between contenders of that run; "
-            f"{machine}.\n")  # fmt: skip
+            f"{res.when}{smoke}{figures}; {machine}.\n")  # fmt: skip
 
 
-def _section(group: str, res: Results, doc_info: dict[str, str]) -> str:
-    lines = report.SECTIONS[group](res.outcomes)
-    lines.insert(1, note(res, doc_info))
+def _section(part: str, res: Run, doc_info: dict[str, str]) -> str:
+    lines = report.section(part, res)
+    lines.insert(1, note(res, doc_info, part))
     return "\n".join(lines) + "\n"
 
 
 _ENTRY = re.compile(r"^# (\S+)")
 
 
-def _commands(block: str, res: Results) -> str:
-    """The Commands section: fresh notes, the old entries but the re-run contenders'."""
+def _commands(block: str, res: Run) -> str:
+    """The Commands section: fresh notes, the old entries but the re-run parts'."""
     entries: dict[str, list[str]] = {}
     inside, current = False, ""
     for line in block.splitlines():
@@ -151,39 +117,31 @@ def _commands(block: str, res: Results) -> str:
                 entries[current] = []
             if current:
                 entries[current].append(line)
-    for name in res.outcomes:
-        lines = report.command_lines(name, res.outcomes)
-        if lines:
-            entries[name] = lines
-    order = {c.name: i for i, c in enumerate(CONTENDERS)}
-    names = sorted(entries, key=lambda n: order.get(n, len(order)))
-    body = [line for n in names for line in entries[n]]
-    fresh = "\n".join(report.commands_section({}, None)) + "\n"
-    head, tail = fresh.split("```sh\n```\n", 1)
-    return head + "```sh\n" + "".join(f"{line}\n" for line in body) + "```\n" + tail
+    entries.update(report.command_entries(res))
+    return "\n".join(report.commands_section(entries)) + "\n"
 
 
-def merge(doc: str, res: Results) -> str:
+def merge(doc: str, res: Run) -> str:
     blocks = split_sections(doc)
-    machine = next((b for b in blocks if _key(b) == "## Machine"), "")
+    machine = next((b for b in blocks if _key(b) == "machine"), "")
     doc_info = _table(machine)
-    order = [*TITLES, "## Memory", "## Machine", "## Commands", LIMITS_HEADING]
-    for group in res.groups:
-        new = _section(group, res, doc_info)
+    order = list(HEADINGS)
+    for part in [p for p in PARTS if res.measured(p)]:
+        new = _section(part, res, doc_info)
         keys = [_key(b) for b in blocks]
-        if group in keys:
-            blocks[keys.index(group)] = new
+        if part in keys:
+            blocks[keys.index(part)] = new
             continue
-        later = order[order.index(group) + 1 :]
+        later = order[order.index(part) + 1 :]
         at = next((i for i, k in enumerate(keys) if k in later), len(blocks))
         blocks.insert(at, new)
     for i, block in enumerate(blocks):
         key = _key(block)
-        if key == "## Commands":
+        if key == "commands":
             blocks[i] = _commands(block, res)
-        elif key == LIMITS_HEADING:
+        elif key == "limits":
             blocks[i] = report.LIMITS
-        elif key == "## Machine":
+        elif key == "machine":
             blocks[i] = re.sub(r"^\*\*Core split\.\*\* .*$",
                                lambda _: f"**Core split.** {report.core_split()}",
                                block, count=1, flags=re.M)  # fmt: skip
@@ -221,8 +179,8 @@ def outcomes_from_tables(doc: str) -> dict[str, Outcome]:
     return out
 
 
-def chart(doc: str, res: Results) -> str:
-    measured = set(res.groups)
+def chart(doc: str, res: Run) -> str:
+    measured = {g for g in GROUPS if res.measured(g)}
     old = outcomes_from_tables(doc)
     merged = {n: o for n, o in old.items() if BY_NAME[n].group not in measured}
     merged.update(res.outcomes)
@@ -237,13 +195,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="the report to merge into (default docs/benchmarks.md); its .svg "
                    "chart is redrawn")  # fmt: skip
     args = p.parse_args(argv)
-    res = Results.load(args.results)
+    res = Run.load(args.results)
     doc = args.into.read_text(encoding="utf-8")
     merged = merge(doc, res)
     args.into.write_text(merged, encoding="utf-8")
     svg = args.into.with_suffix(".svg")
     svg.write_text(chart(merged, res), encoding="utf-8")
-    print(f"merged {', '.join(res.groups)} from {args.results} into {args.into} and {svg}")
+    parts = [p for p in PARTS if res.measured(p)]
+    what = ", ".join(parts) or "no section (the run measured nothing); fixed text refreshed"
+    print(f"merged {what} from {args.results} into {args.into} and {svg}")
     return 0
 
 

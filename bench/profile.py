@@ -1,11 +1,13 @@
 """``python -m bench.profile``: where the server's CPU goes under h2load, by category.
 
-    python -m bench.profile                  # all six cases, 2 runs of 3 x 10 s each
+    python -m bench.profile                  # all four cases, 2 runs of 3 x 10 s each
     python -m bench.profile --cases cache_hit --repeat 1 --duration 5
     python -m bench.profile --from-json <workdir>/profile.json --cases floor,cache_hit,rs256
 
 Needs h2load, py-spy (``pip install py-spy``: a tool, not a dependency) and, for the
 third window, perf; ptrace and perf events on the server (root, or the equivalent).
+``python -m bench`` runs the same cases when py-spy is there (``--profile``) and puts
+the tables in docs/benchmarks.md (section "Where the time goes").
 
 Each case starts the server the way ``python -m bench`` does (pinned to core 0, h2load
 and the samplers on core 1), proves it answers, warms it up, then drives it with the
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -67,6 +70,9 @@ from .contenders import (
 from .contenders import verify_server as verify_contender
 
 CASES = ("floor", "floor_sync", "cache_hit", "rs256")
+WARMUP = 2.0  # seconds of h2load before the windows
+RATE = 1000  # py-spy samples per second
+SAMPLER_DELAY = 0.5  # seconds into an h2load window before py-spy or perf attaches
 
 #: Categories, in table order. The ``grpc``/``asyncio``/``threads`` ones are the
 #: frameworks: a library frame (protobuf, OpenSSL) below them is the request's parse or
@@ -381,6 +387,7 @@ class CaseRun:
     perfed: Window | None
     samples: dict[int, dict[str, int]]  # tid -> category -> samples
     dsos: dict[str, float] = field(default_factory=dict)
+    commands: list[str] = field(default_factory=list)  # server, h2load, py-spy, perf
 
     def categories_us(self) -> dict[str, float]:
         """µs per request by category: each thread role's CPU in the clean run (main
@@ -421,11 +428,35 @@ def load_run(d: Any) -> CaseRun:
     clean, spied = _window_of(d["clean"]), _window_of(d["spied"])
     assert clean is not None and spied is not None
     samples = {int(t): {str(c): int(n) for c, n in v.items()} for t, v in d["samples"].items()}
-    return CaseRun(d["case"], clean, spied, _window_of(d["perfed"]), samples, dict(d["dsos"]))
+    return CaseRun(d["case"], clean, spied, _window_of(d["perfed"]), samples, dict(d["dsos"]),
+                   [str(c) for c in d.get("commands", [])])  # fmt: skip
+
+
+@dataclass
+class Profile:
+    """One session: every run of every case, and how they were taken."""
+
+    cases: list[str]
+    duration: float  # seconds per window
+    repeat: int
+    rate: int  # py-spy samples per second
+    warmup: float
+    perf: bool  # the third window ran
+    runs: list[CaseRun] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Profile:
+        return cls([str(c) for c in d["cases"]], float(d["duration"]), int(d["repeat"]),
+                   int(d["rate"]), float(d["warmup"]), bool(d["perf"]),
+                   [load_run(r) for r in d["runs"]])  # fmt: skip
+
+    def commands(self, case: str) -> list[str]:
+        """The commands of the case's last run."""
+        return next((r.commands for r in reversed(self.runs) if r.case == case), [])
 
 
 def run_case(case: str, keys: Keys, workdir: Path, tag: str, duration: float, rate: int,
-             use_perf: bool) -> CaseRun:  # fmt: skip
+             use_perf: bool, warmup: float = WARMUP) -> CaseRun:  # fmt: skip
     c = BY_NAME[case]
     server = start_server(c, keys, workdir, tag)
     verify_contender(c, server.port, keys)
@@ -435,18 +466,22 @@ def run_case(case: str, keys: Keys, workdir: Path, tag: str, duration: float, ra
         body = workdir / f"{alg.lower()}.check.bin"
         body.write_bytes(grpc_body(check_request(keys.sample(alg))))
 
+        cmd = drivers.h2load_command(server.port, body, duration, cores=LOAD_CORES)
+        commands = [server.command, shlex.join(cmd)]
+
         def load(name: str) -> Callable[[], drivers.LoadResult]:
-            cmd = drivers.h2load_command(server.port, body, duration, cores=LOAD_CORES)
             return lambda: drivers.run_h2load(cmd, duration, workdir / f"{tag}.{name}.txt")
 
-        warm = drivers.h2load_command(server.port, body, 2.0, cores=LOAD_CORES)
-        drivers.run_h2load(warm, 2.0, workdir / f"{tag}.warmup.txt")
+        if warmup > 0:
+            warm = drivers.h2load_command(server.port, body, warmup, cores=LOAD_CORES)
+            drivers.run_h2load(warm, warmup, workdir / f"{tag}.warmup.txt")
         clean = _window(pid, load("clean"))
         raw = workdir / f"{tag}.pyspy.raw"
         spy = [*taskset(LOAD_CORES), str(_tool("py-spy")), "record", "--native", "--threads",
                "--rate", str(rate), "--format", "raw", "-d", str(max(1, round(duration - 1))),
                "-p", str(pid), "-o", str(raw)]  # fmt: skip
-        spied = _window(pid, _with_sampler(spy, 0.5, load("pyspy")))
+        spied = _window(pid, _with_sampler(spy, SAMPLER_DELAY, load("pyspy")))
+        commands.append(f"{shlex.join(spy)}  # {SAMPLER_DELAY:g} s into the h2load window")
         samples = {t: dict(c) for t, c in read_raw(raw).items()}
         perfed, dsos = None, {}
         if use_perf:
@@ -454,19 +489,53 @@ def run_case(case: str, keys: Keys, workdir: Path, tag: str, duration: float, ra
             rec = [*taskset(LOAD_CORES), "perf", "record", "-q", "-e", "cpu-clock", "-F", "999",
                    "-p", str(pid), "-o", str(data), "--", "sleep",
                    str(max(1, round(duration - 1)))]  # fmt: skip
-            perfed = _window(pid, _with_sampler(rec, 0.5, load("perf")))
+            perfed = _window(pid, _with_sampler(rec, SAMPLER_DELAY, load("perf")))
+            commands.append(f"{shlex.join(rec)}  # {SAMPLER_DELAY:g} s into the h2load window")
             dsos = perf_dsos(data, pid)
-        return CaseRun(case, clean, spied, perfed, samples, dsos)
+        return CaseRun(case, clean, spied, perfed, samples, dsos, commands)
     finally:
         stop(server.proc)
 
 
-def _tool(name: str) -> Path:
+def find_tool(name: str) -> Path | None:
+    """``name`` beside this interpreter (a virtualenv's py-spy), else on PATH."""
     here = Path(sys.executable).parent / name
     found = str(here) if here.exists() else shutil.which(name)
+    return None if found is None else Path(found)
+
+
+def _tool(name: str) -> Path:
+    found = find_tool(name)
     if found is None:
         raise SystemExit(f"{name} not found (pip install py-spy; apt-get install linux-perf)")
-    return Path(found)
+    return found
+
+
+def tool_version(name: str) -> str:
+    """``py-spy 0.4.3`` -> ``0.4.3``; ``perf version 6.1.187`` -> ``6.1.187``."""
+    found = find_tool(name)
+    if found is None:
+        return "not installed"
+    out = subprocess.run([str(found), "--version"], capture_output=True, text=True, check=False)
+    words = (out.stdout or out.stderr).split()
+    return words[-1] if words else "unknown"
+
+
+def measure(cases: list[str], keys: Keys, workdir: Path, *, duration: float, repeat: int,
+            rate: int, use_perf: bool, warmup: float = WARMUP) -> Profile:  # fmt: skip
+    """Every case ``repeat`` times, alternating (reversed on odd repeats, as ``python -m
+    bench`` orders its contenders), each run a new server."""
+    prof = Profile(list(cases), duration, max(1, repeat), rate, warmup, use_perf)
+    for rep in range(prof.repeat):
+        for case in cases if rep % 2 == 0 else list(reversed(cases)):
+            r = run_case(case, keys, workdir, f"profile.{case}.{rep}", duration, rate, use_perf,
+                         warmup)  # fmt: skip
+            prof.runs.append(r)
+            print(f"  [{rep + 1}/{prof.repeat}] profile {case}: {r.clean.rps:,.0f} rps, "
+                  f"{r.clean.us_per_request():.0f} µs/req, "
+                  f"{r.clean.switches_per_request():.1f} switches/req, "
+                  f"{r.clean.threads} threads", file=sys.stderr, flush=True)  # fmt: skip
+    return prof
 
 
 # ----------------------------------------------------------------------- report
@@ -549,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", default=",".join(CASES), help=f"of {', '.join(CASES)}")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per window")
     p.add_argument("--repeat", type=int, default=2, help="runs per case (alternating)")
-    p.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
+    p.add_argument("--rate", type=int, default=RATE, help="py-spy samples per second")
     p.add_argument("--no-perf", action="store_true", help="skip the perf window")
     p.add_argument("--workdir", help="logs, py-spy and perf output (default: a temp dir)")
     p.add_argument("--from-json", type=Path, help="print the tables of a run's profile.json")
@@ -566,20 +635,13 @@ def main(argv: list[str] | None = None) -> int:
     use_perf = not args.no_perf and shutil.which("perf") is not None
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="extauthz-profile-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    keys = Keys.generate()
-    runs: list[CaseRun] = []
-    for rep in range(max(1, args.repeat)):
-        for case in cases if rep % 2 == 0 else list(reversed(cases)):
-            r = run_case(case, keys, workdir, f"{case}.{rep}", args.duration, args.rate, use_perf)
-            runs.append(r)
-            print(f"  [{rep + 1}] {case}: {r.clean.rps:,.0f} rps, "
-                  f"{r.clean.us_per_request():.0f} µs/req, "
-                  f"{r.clean.switches_per_request():.1f} switches/req, "
-                  f"{r.clean.threads} threads", file=sys.stderr, flush=True)  # fmt: skip
+    _tool("py-spy")  # before anything starts
+    prof = measure(cases, Keys.generate(), workdir, duration=args.duration, repeat=args.repeat,
+                   rate=args.rate, use_perf=use_perf)  # fmt: skip
     (workdir / "profile.json").write_text(
-        json.dumps([asdict(r) for r in runs], indent=1) + "\n", encoding="utf-8"
+        json.dumps([asdict(r) for r in prof.runs], indent=1) + "\n", encoding="utf-8"
     )
-    print(table(runs, cases))
+    print(table(prof.runs, cases))
     print(f"workdir: {workdir}", file=sys.stderr)
     return 0
 

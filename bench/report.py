@@ -3,17 +3,18 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import statistics
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from html import escape
 from importlib import metadata
 from pathlib import Path
 
-from . import drivers
+from . import dpop, dpop_report, drivers, profile, profile_report
 from .common import NPROC
 from .contenders import (
     ALL_CORES,
@@ -24,58 +25,37 @@ from .contenders import (
     SKIP_ABOVE,
     SUT_CORES,
     Contender,
-    RunResult,
 )
+from .results import PARTS, Outcome, Run
 from .rss import RssResult
+
+__all__ = ["HEADINGS", "PARTS", "TITLES", "Outcome", "Run", "markdown", "svg_chart"]
 
 P99_ADDED_TARGET_MS = 2.0
 RSS_TARGET_MB = 100.0
-#: The heading of each group's section (what a merge finds it by), in document order.
+#: The title of each contender group's section.
 TITLES = {
     "grpc": "Throughput: gRPC Check direct",
     "envoy": "Throughput: HTTP through Envoy",
     "http": "HTTP door vs gRPC door through Envoy",
     "latency": "Latency at a fixed rate through Envoy",
 }
-
-
-@dataclass
-class Outcome:
-    name: str
-    status: str = "ok"  # ok | na | error | skipped
-    message: str = ""
-    runs: list[RunResult] = field(default_factory=list)
-
-    @property
-    def rps(self) -> float | None:
-        return statistics.median(r.rps for r in self.runs) if self.runs else None
-
-    def latency(self, pct: str, level: str = "") -> float | None:
-        """Median over the runs of a percentile (ms), at one rate ``level`` if given."""
-        key = f"{level}|{pct}" if level else pct
-        vals = [r.latency_ms[key] for r in self.runs if key in r.latency_ms]
-        return statistics.median(vals) if vals else None
-
-    def rate(self, key: str) -> float | None:
-        """Median over the runs of a latency run's rate (see ``RunResult.rates``)."""
-        vals = [r.rates[key] for r in self.runs if key in r.rates]
-        return statistics.median(vals) if vals else None
-
-    def cpu_us(self, prefix: str = "") -> float | None:
-        vals = [v for r in self.runs if (v := r.cpu_us_per_request(prefix)) is not None]
-        return statistics.median(vals) if vals else None
-
-    def per_worker_cpu(self) -> str:
-        """Median CPU seconds per worker over the runs, e.g. ``5.1 s + 4.9 s``."""
-        if not self.runs:
-            return ""
-        cols: list[list[float]] = []
-        for r in self.runs:
-            for i, v in enumerate(sorted(r.cpu.values(), reverse=True)):
-                if i >= len(cols):
-                    cols.append([])
-                cols[i].append(v)
-        return " + ".join(f"{statistics.median(c):.1f} s" for c in cols)
+#: Every section's heading (what a merge finds it by), in document order: the measured
+#: parts (:data:`PARTS`), then the sections about the run as a whole.
+HEADINGS = {
+    "grpc": f"## {TITLES['grpc']} (h2load)",
+    "envoy": f"## {TITLES['envoy']} (wrk)",
+    "http": f"## {TITLES['http']} (wrk)",
+    "profile": f"## {profile_report.TITLE}",
+    "dpop": f"## {dpop_report.TITLE}",
+    "tracing": "## Tracing cost",
+    "latency": f"## {TITLES['latency']} (h2load --h1 --rps, open loop)",
+    "memory": "## Memory",
+    "machine": "## Machine",
+    "commands": "## Commands",
+    "limits": "## What limits each number",
+}
+assert tuple(HEADINGS)[: len(PARTS)] == PARTS
 
 
 def _fmt(v: float | None, spec: str = ",.0f") -> str:
@@ -194,12 +174,18 @@ def machine_info() -> dict[str, str]:
         "grpcio": ver("grpcio"),
         "protobuf": ver("protobuf"),
         "joserfc": ver("joserfc"),
+        "cryptography": ver("cryptography"),
+        "prometheus_client": ver("prometheus_client"),
         "httptools": ver("httptools"),
         "aiohttp": ver("aiohttp"),
+        "redis-py": ver("redis"),
         "extauthz": ver("extauthz"),
         "envoy": m.group(1) if m else envoy,
         "h2load": _cmd(["h2load", "--version"]),
         "wrk": _cmd(["wrk", "-v"]).split(" Copyright")[0],
+        "redis-server": dpop.redis_server_version(),
+        "py-spy": profile.tool_version("py-spy"),
+        "perf": profile.tool_version("perf"),
         "commit": _commit(),
     }
 
@@ -236,89 +222,129 @@ def core_split() -> str:
 _ROOT = Path(__file__).resolve().parent.parent
 # A path to a file the bench writes into its work directory; group 1 is that directory.
 _WORKDIR_FILE = re.compile(
-    r"(\S+)/(?:[^/\s]+\.extauthz\.yaml|[^/\s]+\.check\.bin|[^/\s]+\.h2load\.log|[^/\s]+\.envoy/)"
+    r"(\S+)/(?:[^/\s]+\.(?:extauthz\.yaml|check\.bin|h2load\.log|pyspy\.raw|perf\.data|json|pem)"
+    r"|[^/\s]+\.envoy/)"
 )
 
 
 def portable(command: str) -> str:
     """A command as the report prints it, without paths of this machine: the bench's
     work directory becomes ``$WORKDIR``, the repository's own paths become relative to
-    its root (the bench runs every command from there), the home directory ``~``."""
+    its root (the bench runs every command from there), a program found on ``PATH`` its
+    bare name, the home directory ``~``, a token ``$TOKEN``."""
     for workdir in sorted(set(_WORKDIR_FILE.findall(command)), key=len, reverse=True):
         command = command.replace(workdir + "/", "$WORKDIR/")
     command = command.replace(f"{_ROOT}/", "")
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        if folder.startswith("/"):
+            command = re.sub(rf"(?<![^\s'\"]){re.escape(folder.rstrip('/'))}/(?=[^/\s]+(\s|$))",
+                             "", command)  # fmt: skip
     try:
         home = str(Path.home()).rstrip("/")
     except RuntimeError:  # no home directory to hide
         home = ""
     if home:
         command = command.replace(home + "/", "~/")
-    return command
+    # The sample tokens (signed by a key of this run only) are no business of the page.
+    return _JWS.sub("$TOKEN", command)
 
 
-def markdown(
-    outcomes: dict[str, Outcome],
-    rss: RssResult | None,
-    rss_error: str | None,
-    *,
-    argv: str,
-    duration: float,
-    repeat: int,
-    smoke: bool,
-    info: dict[str, str],
-    svg_name: str | None,
-    when: str,
-) -> str:
-    L: list[str] = []
-    L.append("# Benchmarks\n")
-    L.append(f"Generated by `{portable(argv)}` on {when}"
-             + (" — **smoke run: correctness only, figures meaningless**" if smoke else "")
-             + f". Each figure is the median of {repeat} run(s) of {duration:g} s; contenders "
-             "alternate within each repeat (order reversed on odd repeats), every run starts "
-             "fresh processes and first proves the contender answers correctly. A ratio is "
-             "the median of per-repeat ratios (each run over its own repeat's baseline), "
-             "which cancels slow drift of this VM's speed. Method: a Python gRPC server's "
-             "throughput is bounded by grpcio's own per-call cost, so what counts are ratios "
-             "measured side by side in one run, to a do-nothing `grpc.aio` Check server "
-             "(`floor`) when calling directly, to Envoy alone through Envoy, and for the two "
-             "doors to do-nothing servers behind the same Envoy. h2load sends "
-             "gRPC requests (a serialized CheckRequest behind the 5-byte gRPC frame header; "
-             "`content-type: application/grpc`, `te: trailers`) straight to the server, wrk "
-             "sends HTTP through Envoy (the latency rows: h2load at a constant rate). CPU "
-             "µs/req is the user + system CPU time of the "
-             "process and its children (`/proc/<pid>/stat`) over the run, divided by the "
-             "requests answered. Regenerate with `python -m bench` (one group: "
-             "`python -m bench --only GROUP`, then `python -m bench.merge`).\n")  # fmt: skip
+#: A compact JWS: three base64url segments, the first a JSON object ("eyJ").
+_JWS = re.compile(r"eyJ[\w-]*\.[\w-]+\.[\w-]*")
+
+
+def markdown(run: Run, svg_name: str | None = None) -> str:
+    """The whole report of ``run``: the sections of the parts it was asked for, then the
+    machine, the commands and what limits each number."""
+    L = ["# Benchmarks\n", intro(run)]
     if svg_name:
         L.append(f"![throughput chart]({svg_name})\n")
-    for render in SECTIONS.values():
-        L.extend(render(outcomes))
-    L.extend(memory_section(rss, rss_error))
-    L.extend(machine_section(info))
-    L.extend(commands_section(outcomes, rss))
+    for part in PARTS:
+        if part in run.parts:
+            L.extend(section(part, run))
+    L.extend(machine_section(run.info))
+    L.extend(commands_section(command_entries(run)))
     L.append(LIMITS)
     return "\n".join(L)
+
+
+def intro(run: Run) -> str:
+    """The opening paragraph: which command, when, at which commit, on what."""
+    info = run.info
+    took = f", in {run.seconds / 60:.0f} min" if run.seconds >= 60 else ""
+    machine = (f"{info.get('cpu', 'an unknown CPU')} ({info.get('nproc', '?')} cores, Linux "
+               f"{info.get('kernel', '?')}, Python {info.get('python', '?')}; every version "
+               "under [Machine](#machine))")  # fmt: skip
+    smoke = " — **smoke run: correctness only, figures meaningless**" if run.smoke else ""
+    return (
+        f"Generated by `{portable(run.argv)}` on {run.when}, at commit "
+        f"{info.get('commit', 'unknown')}{took}, on {machine}{smoke}. Each figure is the "
+        f"median of {run.repeat} run(s) of {run.duration:g} s; contenders alternate within "
+        "each repeat (order reversed on odd repeats), every run starts fresh processes and "
+        "first proves the contender answers correctly. A ratio is the median of per-repeat "
+        "ratios (each run over its own repeat's baseline), which cancels slow drift of "
+        "this VM's speed. Method: a Python gRPC server's throughput is bounded by grpcio's "
+        "own per-call cost, so what counts are ratios measured side by side in one run: "
+        "to do-nothing Check servers (`floor` on `grpc.aio`, `floor_sync` on grpcio's "
+        "synchronous server, extauthz's serving model) when calling directly, to Envoy "
+        "alone through Envoy, and for the two doors to do-nothing servers behind the same "
+        "Envoy. h2load sends gRPC requests (a serialized CheckRequest behind the 5-byte "
+        "gRPC frame header; `content-type: application/grpc`, `te: trailers`) straight to "
+        "the server, wrk sends HTTP through Envoy (the latency rows: h2load at a constant "
+        "rate). CPU µs/req is the user + system CPU time of the process and its children "
+        "(`/proc/<pid>/stat`) over the run, divided by the requests answered. The "
+        "profile and DPoP sections say how they measure.\n\n"
+        "Regenerate this page and its chart, every section, with `python -m bench` (the "
+        "profile needs py-spy: see its section). To measure one part again, run "
+        "`python -m bench --only PART` (a group: " + ", ".join(f"`{g}`" for g in TITLES)
+        + "; or `rss`, `dpop`, `profile`, or contender names), then "
+        "`python -m bench.merge <workdir>/results.json` puts its sections into this page.\n"
+    )  # fmt: skip
+
+
+def section(part: str, run: Run) -> list[str]:
+    """The lines of one part's section (empty when ``run`` has nothing for it)."""
+    if part == "profile":
+        return profile_report.section(HEADINGS[part], run)
+    if part == "dpop":
+        return dpop_report.section(HEADINGS[part], run)
+    if part == "memory":
+        return memory_section(run.rss, run.rss_error)
+    if part in SECTIONS:
+        return SECTIONS[part](run.outcomes)
+    if part == "tracing" and part not in run.extra:
+        return [f"{HEADINGS[part]}\n",
+                "*Not measured in this run:* `python -m bench --only tracing`, then "
+                "`python -m bench.merge <workdir>/results.json`, measures it into this page; "
+                "`python -m bench.tracing_cost` alone prints the table.\n"]  # fmt: skip
+    return list(run.extra.get(part, []))
 
 
 def grpc_section(outcomes: dict[str, Outcome]) -> list[str]:
     if not any(c.group == "grpc" and c.name in outcomes for c in CONTENDERS):
         return []
-    L = [f"## {TITLES['grpc']} (h2load)\n"]
-    L.append(
-        "| contender | what | median rps | × floor | target | server CPU µs/req | runs (rps) |"
-    )
-    L.append("|---|---|---:|---:|---|---:|---|")
+    L = [f"{HEADINGS['grpc']}\n"]
+    L.append("Two floors, each a do-nothing servicer answering a prebuilt OK: `floor` on "
+             "`grpc.aio`, which the targets are set against, and `floor_sync` on grpcio's "
+             "synchronous server with as many pool threads as extauthz's "
+             "`server.grpc_threads`, the serving model extauthz runs on. The "
+             "`× floor_sync` column is the share of that model's throughput that extauthz "
+             "keeps once its own code runs.\n")  # fmt: skip
+    L.append("| contender | what | median rps | × floor (grpc.aio) | × floor_sync | target | "
+             "server CPU µs/req | runs (rps) |")  # fmt: skip
+    L.append("|---|---|---:|---:|---:|---|---:|---|")
     for c in CONTENDERS:
         if c.group != "grpc" or c.name not in outcomes:
             continue
         o = outcomes[c.name]
-        r = _ratio(o, outcomes)
+        to_floor = ratio_to(o, "floor", outcomes) if c.name != "floor" else None
+        to_sync = ratio_to(o, "floor_sync", outcomes) if c.name != "floor_sync" else None
         target = "; ".join(v.markdown(c.baseline) for v in verdicts(c, outcomes)) or "–"
         cpu = _fmt(o.cpu_us(), ",.0f")
         if c.workers > 1 and o.runs:
             cpu += f" ({o.per_worker_cpu()})"
-        L.append(f"| `{c.name}` | {c.what} | {_cell(o)} | {_fmt(r, '.2f')} | {target} | "
-                 f"{cpu} | {_runs(o)} |")  # fmt: skip
+        L.append(f"| `{c.name}` | {c.what} | {_cell(o)} | {_fmt(to_floor, '.2f')} | "
+                 f"{_fmt(to_sync, '.2f')} | {target} | {cpu} | {_runs(o)} |")  # fmt: skip
     L.append("")
     return L
 
@@ -326,7 +352,7 @@ def grpc_section(outcomes: dict[str, Outcome]) -> list[str]:
 def envoy_section(outcomes: dict[str, Outcome]) -> list[str]:
     if not any(c.group == "envoy" and c.name in outcomes for c in CONTENDERS):
         return []
-    L = [f"## {TITLES['envoy']} (wrk)\n"]
+    L = [f"{HEADINGS['envoy']}\n"]
     L.append("| contender | what | median rps | × envoy_alone | Envoy CPU µs/req | "
              "extauthz CPU µs/req | runs (rps) |")  # fmt: skip
     L.append("|---|---|---:|---:|---:|---:|---|")
@@ -346,7 +372,7 @@ def http_section(outcomes: dict[str, Outcome]) -> list[str]:
     rows = [c for c in CONTENDERS if c.group == "http" and c.name in outcomes]
     if not rows:
         return []
-    L = [f"## {TITLES['http']} (wrk)\n"]
+    L = [f"{HEADINGS['http']}\n"]
     L.append("The same Envoy (one worker thread, `direct_response`), wrk and core split as "
              "the other Envoy rows; ext_authz asks the server on core 0 over gRPC (`grpc_service`, "
              "HTTP/2, one connection) or over HTTP/1.1 (`http_service`: `allowed_headers` "
@@ -432,7 +458,7 @@ def latency_section(outcomes: dict[str, Outcome]) -> list[str]:
     lat = [c for c in CONTENDERS if c.group == "latency" and c.name in outcomes]
     if not lat:
         return []
-    L = [f"## {TITLES['latency']} (h2load --h1 --rps, open loop)\n"]
+    L = [f"{HEADINGS['latency']}\n"]
     L.append(
         "The same Envoy, servers and cores as the Envoy rows. Each run first drives the "
         "contender as fast as it can (wrk, 32 connections, closed loop, half the run's "
@@ -510,7 +536,7 @@ SECTIONS: dict[str, Callable[[dict[str, Outcome]], list[str]]] = {
 def memory_section(rss: RssResult | None, rss_error: str | None) -> list[str]:
     if rss is None and rss_error is None:
         return []
-    L = ["## Memory\n"]
+    L = [f"{HEADINGS['memory']}\n"]
     L.append("| contender | tokens | RSS at start MB | VmHWM MB | RSS at end MB | target |")
     L.append("|---|---:|---:|---:|---:|---|")
     if rss is not None:
@@ -527,7 +553,7 @@ def memory_section(rss: RssResult | None, rss_error: str | None) -> list[str]:
 
 
 def machine_section(info: dict[str, str]) -> list[str]:
-    L = ["## Machine\n"]
+    L = [f"{HEADINGS['machine']}\n"]
     L.append("| | |\n|---|---|")
     for key, val in info.items():
         L.append(f"| {key} | {val} |")
@@ -543,17 +569,39 @@ def command_lines(name: str, outcomes: dict[str, Outcome]) -> list[str]:
     return [f"# {name}", *(portable(cmd) for cmd in done.runs[-1].commands)]
 
 
-def commands_section(outcomes: dict[str, Outcome], rss: RssResult | None) -> list[str]:
-    L = ["## Commands\n"]
-    L.append("Exact commands of the last run of each contender (ports are picked per run; "
+def command_entries(run: Run) -> dict[str, list[str]]:
+    """Each entry of the Commands block (``# name`` and its commands), by name."""
+    out = {c.name: lines for c in CONTENDERS if (lines := command_lines(c.name, run.outcomes))}
+    if run.rss is not None:
+        out["rss"] = ["# rss (client: grpc.aio in the bench process)", portable(run.rss.command)]
+    if run.dpop is not None and run.dpop_command:
+        out["dpop"] = ["# dpop (in process: Authorizer.check, no load generator; starts its "
+                       "own redis-server on the load generator's core)",
+                       portable(run.dpop_command)]  # fmt: skip
+    if run.profile is not None:
+        for case in run.profile.cases:
+            lines = run.profile.commands(case)
+            if lines:
+                out[f"profile.{case}"] = [f"# profile.{case}", *(portable(x) for x in lines)]
+    return out
+
+
+def entry_order(name: str) -> int:
+    """Where an entry goes in the Commands block: contenders, rss, dpop, the profile."""
+    names = [c.name for c in CONTENDERS] + ["rss", "dpop"]
+    names += [f"profile.{case}" for case in profile.CASES]
+    return names.index(name) if name in names else len(names)
+
+
+def commands_section(entries: dict[str, list[str]]) -> list[str]:
+    L = [f"{HEADINGS['commands']}\n"]
+    L.append("Exact commands of the last run of each contender and part (ports are picked "
+             "per run; "
              "paths are relative to the repository's root, `$WORKDIR` is the run's "
              "`--workdir`, a new temporary directory by default):\n")  # fmt: skip
     L.append("```sh")
-    for c in CONTENDERS:
-        L.extend(command_lines(c.name, outcomes))
-    if rss is not None:
-        L.append("# rss (client: grpc.aio in the bench process)")
-        L.append(portable(rss.command))
+    for name in sorted(entries, key=entry_order):
+        L.extend(entries[name])
     L.append("```\n")
     L.append("extauthz config of the `rs256` runs (ports vary; the others differ only in "
              "`token_cache_size` (default 100000 = cache on) and `workers`; the HTTP door's "
@@ -583,15 +631,18 @@ def _sample_config() -> str:
 
 LIMITS = """## What limits each number
 
-- **floor**: grpcio's per-call cost in one Python process (HTTP/2 framing in C-core, the
-  hop into the asyncio loop, protobuf parse/serialise, the per-call task). Every direct
-  gRPC row is bounded by it; the ratios are what extauthz adds on top. A py-spy profile
-  of extauthz shows most samples inside grpc's Cython callbacks (`Handle._run`), not in
-  extauthz code.
-- **cache_hit**: floor + extauthz's own Python per request: CheckRequest → AuthRequest
-  (header dict copy, path normalisation), token extraction, BLAKE2b digest and cache
-  lookup, claim re-checks, rule match, Prometheus counter and histogram, and the OK
-  CheckResponse (reused from the per-token memo on a hit).
+- **floor**: grpcio's per-call cost in one Python process on `grpc.aio` (HTTP/2 framing
+  in C-core, the hop into the asyncio loop, protobuf parse/serialise, the per-call
+  task). The targets are set against it.
+- **floor_sync**: the same do-nothing answer on grpcio's synchronous server, the model
+  extauthz serves on: C-core's completion queue hands each call to a pool thread, with
+  no event loop in between. Every direct gRPC row of extauthz is bounded by it; the
+  ratio to it is what extauthz's own code costs. The profile section splits both
+  floors' CPU and extauthz's by where it goes.
+- **cache_hit**: floor_sync + extauthz's own Python per request: CheckRequest →
+  AuthRequest (header dict copy, path normalisation), token extraction, BLAKE2b digest
+  and cache lookup, claim re-checks, rule match, Prometheus counter and histogram, and
+  the OK CheckResponse (reused from the per-token memo on a hit).
 - **rs256 / es256 / eddsa** (token cache off): the above plus JWS parsing (base64 and
   JSON in joserfc), one signature verification through `cryptography`/OpenSSL, and
   building the OK response (dynamic_metadata `Struct` from the claims). RS256 verify is
@@ -601,7 +652,7 @@ LIMITS = """## What limits each number
   connections over the workers, so the balance varies from run to run).
 - **Through Envoy**: Envoy (one worker thread) and wrk share core 1, extauthz has core 0.
   Envoy alone and with jwt_authn is bounded by Envoy + wrk on that core. With ext_authz
-  Envoy's own CPU per request rises by an order of magnitude (see the Envoy CPU column:
+  Envoy's own CPU per request rises several-fold (see the Envoy CPU column:
   the gRPC side call, the Check request build and the HTTP/2 codec; measured the same
   with the do-nothing floor as the authorization server, so it is Envoy's cost, not
   extauthz's), and the pair Envoy ↔ extauthz is a request/response ping-pong across
