@@ -120,34 +120,10 @@ def profile_skipped(asked: bool | None, smoke: bool) -> str | None:
     return None
 
 
-def run_dpop(workdir: Path, smoke: bool) -> tuple[dpop.Result | None, str | None, str]:
-    """``python -m bench.dpop`` in its own process on the server's core: its figures, or
-    why there are none, and its command."""
-    out, log = workdir / "dpop.json", workdir / "dpop.log"
-    sizes = ["--iterations", "30", "--repeat", "1"] if smoke else []  # else its defaults
-    cmd = [*taskset(SUT_CORES), python(), "-m", "bench.dpop", *sizes, "--json", str(out)]
-    _say("  dpop: python -m bench.dpop" + (" (smoke)" if smoke else ""))
-    with log.open("wb") as sink:
-        try:
-            rc = subprocess.run(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=sink,
-                                stderr=subprocess.STDOUT, timeout=DPOP_TIMEOUT,
-                                check=False).returncode  # fmt: skip
-        except subprocess.TimeoutExpired:
-            rc = None
-    if rc != 0:
-        what = "did not finish in time" if rc is None else f"exited with code {rc}"
-        _say(f"  dpop: ABORTED: bench.dpop {what}; {tail(log)}")
-        return None, f"`python -m bench.dpop` {what} (its output: `dpop.log` in the workdir)", ""
-    return dpop.Result.from_json(json.loads(out.read_text(encoding="utf-8"))), None, shlex.join(cmd)
-
-
-def run_tracing(workdir: Path, smoke: bool) -> list[str]:
-    """``python -m bench.tracing_cost`` in its own process (it pins itself to core 0 and
-    its OTLP sink to core 1): the report's section it writes, or one saying why not."""
-    out, log = workdir / "tracing.md", workdir / "tracing.log"
-    sizes = ["--iterations", "200", "--repeat", "1"] if smoke else []  # else its defaults
-    cmd = [python(), "-m", "bench.tracing_cost", *sizes, "--markdown", str(out)]
-    _say("  tracing: python -m bench.tracing_cost" + (" (smoke)" if smoke else ""))
+def run_module(name: str, module: str, cmd: list[str], log: Path) -> str | None:
+    """``cmd``, which runs ``python -m <module>``, in its own process, output to ``log``:
+    None when it succeeded, else what went wrong, in words."""
+    _say(f"  {name}: python -m {module}")
     with log.open("wb") as sink:
         try:
             rc = subprocess.run(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=sink,
@@ -156,12 +132,36 @@ def run_tracing(workdir: Path, smoke: bool) -> list[str]:
         except subprocess.TimeoutExpired:
             rc = None
     if rc == 0:
-        return out.read_text(encoding="utf-8").split("\n")
+        return None
     what = "did not finish in time" if rc is None else f"exited with code {rc}"
-    _say(f"  tracing: ABORTED: bench.tracing_cost {what}; {tail(log)}")
-    return [f"{report.HEADINGS['tracing']}\n",
-            f"*Not measured in this run:* `python -m bench.tracing_cost` {what} (its output: "
-            "`tracing.log` in the workdir).\n"]  # fmt: skip
+    _say(f"  {name}: ABORTED: {what}; {tail(log)}")
+    return (
+        f"`python -m {cmd[cmd.index('-m') + 1]}` {what} (its output: `{log.name}` in the workdir)"
+    )
+
+
+def run_dpop(workdir: Path, smoke: bool) -> tuple[dpop.Result | None, str | None, str]:
+    """``python -m bench.dpop`` in its own process on the server's core: its figures, or
+    why there are none, and its command."""
+    out = workdir / "dpop.json"
+    sizes = ["--iterations", "30", "--repeat", "1"] if smoke else []  # else its defaults
+    cmd = [*taskset(SUT_CORES), python(), "-m", "bench.dpop", *sizes, "--json", str(out)]
+    error = run_module("dpop", "bench.dpop", cmd, workdir / "dpop.log")
+    if error is not None:
+        return None, error, ""
+    return dpop.Result.from_json(json.loads(out.read_text(encoding="utf-8"))), None, shlex.join(cmd)
+
+
+def run_tracing(workdir: Path, smoke: bool) -> list[str]:
+    """``python -m bench.tracing_cost`` in its own process (it pins itself to core 0 and
+    its OTLP sink to core 1): the report's section it writes, or one saying why not."""
+    out = workdir / "tracing.md"
+    sizes = ["--iterations", "200", "--repeat", "1"] if smoke else []  # else its defaults
+    cmd = [python(), "-m", "bench.tracing_cost", *sizes, "--markdown", str(out)]
+    error = run_module("tracing", "bench.tracing_cost", cmd, workdir / "tracing.log")
+    if error is None:
+        return out.read_text(encoding="utf-8").split("\n")
+    return [f"{report.HEADINGS['tracing']}\n", f"*Not measured in this run:* {error}.\n"]
 
 
 def latency_levels(order: list[str], keys: Keys, workdir: Path, duration: float,

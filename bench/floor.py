@@ -62,9 +62,12 @@ async def serve(listen: str) -> None:
     await server.stop(0.5)
 
 
-def serve_sync(listen: str, threads: int) -> None:
+def serve_sync(listen: str, threads: int, servicer: Any = None) -> None:
+    """``servicer`` (the do-nothing one by default) on grpcio's synchronous server with
+    ``threads`` pool threads, plus health, until SIGTERM or SIGINT."""
     server = grpc.server(futures.ThreadPoolExecutor(threads), options=OPTIONS)
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(SyncFloorServicer(), server)
+    servicer = servicer if servicer is not None else SyncFloorServicer()
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server)
     hs = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     server.add_insecure_port(listen)

@@ -19,20 +19,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import signal
-import threading
-from concurrent import futures
 from pathlib import Path
 from typing import Any
-
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extauthz.dev.wire import base_pb2, external_auth_pb2_grpc, status_pb2
 from extauthz.dev.wire import external_auth_pb2 as pb
 
 from .common import AUDIENCE
-from .floor import OPTIONS
+from .floor import serve_sync
 
 THREADS = 2  # the SDK's default server_thread_count
 
@@ -67,27 +61,12 @@ def _deny() -> Any:
     return pb.CheckResponse(status=status_pb2.Status(code=16))
 
 
-def serve(listen: str, public_key: bytes) -> None:
-    server = grpc.server(futures.ThreadPoolExecutor(THREADS), options=OPTIONS)
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(PeerServicer(public_key), server)
-    hs = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-    server.add_insecure_port(listen)
-    server.start()
-    hs.set("", health_pb2.HealthCheckResponse.SERVING)
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
-    server.stop(0.5).wait()
-
-
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.peer")
     p.add_argument("--listen", default="127.0.0.1:9191")
     p.add_argument("--public-key", type=Path, required=True, help="RSA public key, PEM")
     args = p.parse_args()
-    serve(args.listen, args.public_key.read_bytes())
+    serve_sync(args.listen, THREADS, PeerServicer(args.public_key.read_bytes()))
 
 
 if __name__ == "__main__":

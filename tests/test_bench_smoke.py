@@ -339,19 +339,19 @@ def test_merge_replaces_dpop_and_profile_only_when_measured() -> None:
 # ----------------------------------------------------------------- DPoP cost, in process
 
 
+def _module(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m <name> <args>`` from the repository's root; it must succeed."""
+    proc = subprocess.run([sys.executable, "-m", name, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=100, check=False)  # fmt: skip
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    return proc
+
+
 @pytest.mark.timeout(120)
 def test_bench_dpop_smoke() -> None:
     """`python -m bench.dpop` times every case; each decision must be an allow (a denial
     fails the run), so a row with a number is a row of allows."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.dpop", "--iterations", "30", "--repeat", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    proc = _module("bench.dpop", "--iterations", "30", "--repeat", "1")
     redis = shutil.which("redis-server") is not None
     for name in [*DPOP_CASES, "dpop_redis"]:
         cells = _row(proc.stdout, name)
@@ -373,15 +373,7 @@ def test_bench_dpop_smoke() -> None:
 def test_bench_tracing_cost_smoke() -> None:
     """`python -m bench.tracing_cost` times tracing off, on but unsampled, and sampled;
     every decision must be an allow, and spans must reach its sink exactly when sampled."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.tracing_cost", "--iterations", "50", "--repeat", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    proc = _module("bench.tracing_cost", "--iterations", "50", "--repeat", "1")
     for name in ("off", "unsampled", "sampled"):
         cells = _row(proc.stdout, name)
         cpu = re.fullmatch(rf"({NUMBER}) \[{NUMBER}\u2013{NUMBER}\]", cells[2])
