@@ -108,7 +108,8 @@ REPLAY_STORE_ERRORS = Counter(
 )
 EVENT_LOOP_STALLS = Counter(
     "extauthz_event_loop_stalls",
-    "Times the event loop was blocked for more than 250 ms (every request waited too).",
+    "Times the event loop was blocked for more than 250 ms (HTTP door requests and "
+    "waiting gRPC checks waited too).",
     registry=REGISTRY,
 )
 CONFIG_RELOADS = Counter(
