@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from extauthz import errors
 from tests.support import monitoring
 from tests.support.prometheus import promtool
 from tests.test_docs import anchors
@@ -118,6 +119,18 @@ def test_the_selector_check_catches_a_wrong_name_and_reason() -> None:
     assert monitoring.selector_problems(
         'extauthz_check_total{reason=~"expired|key_unavailable"}'
     ) == ["extauthz_check_total: reason never takes ['key_unavailable']"]
+
+
+def test_every_reason_a_denial_can_carry_is_in_the_operations_doc() -> None:
+    # Every concrete refusal in extauthz.errors gives its reason to the metrics and logs.
+    text = OPERATIONS.read_text()
+    reasons = {
+        cls.reason
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.Denied) and cls.__subclasses__() == []
+    }
+    assert "binding_mismatch" in reasons and "replay_store_unavailable" in reasons
+    assert sorted(r for r in reasons if f"`{r}`" not in text) == []
 
 
 def test_known_reasons_are_the_documented_ones() -> None:
