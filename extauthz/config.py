@@ -929,7 +929,8 @@ def summary(config: Config) -> str:
     s = config.server
     tls = "mTLS" if s.tls and s.tls.client_ca_file else "on" if s.tls else "off"
     lines = [
-        f"server: grpc {s.listen}, admin {s.admin_listen or 'disabled'}, "
+        f"server: grpc {s.listen} ({s.grpc_threads} threads), "
+        f"admin {s.admin_listen or 'disabled'}, "
         f"workers {s.workers}, tls {tls}",
     ]
     if s.http is not None:

@@ -697,6 +697,12 @@ def test_summary_names_the_http_front_door() -> None:
     assert "http front door" not in plain
 
 
+def test_summary_names_the_grpc_pool() -> None:
+    text = config.summary(config.from_mapping({"server": {"grpc_threads": 16},
+                                               "providers": {"p": provider()}}))  # fmt: skip
+    assert "server: grpc 0.0.0.0:9191 (16 threads), admin" in text
+
+
 def test_summary_shows_dpop_and_require_typ() -> None:
     cfg = config.from_mapping(
         {"providers": {"p": provider(dpop={"required": True, "algorithms": ["ES256"]},

@@ -240,11 +240,11 @@ class AuthorizationServicer:
         self, authorizer: Authorizer, req: AuthRequest, pending: Pending, remaining: float | None
     ) -> Decision:
         budget = authorizer.budget(pending, remaining)
+        resolving = authorizer.resolve(req, pending, budget)
         try:
-            waiting = asyncio.run_coroutine_threadsafe(
-                authorizer.resolve(req, pending, budget), self._loop
-            )
+            waiting = asyncio.run_coroutine_threadsafe(resolving, self._loop)
         except RuntimeError:  # the loop has closed: the process is stopping
+            resolving.close()  # never started: nothing to warn about at exit
             return refuse(errors.InternalError())
         try:
             return waiting.result(budget + HANDBACK_SLACK)
