@@ -6,6 +6,7 @@ import base64
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import parse_qsl
 
 from ..config import TokenSource
@@ -27,6 +28,18 @@ class Found:
     scheme: str = "bearer"  # "dpop" when sent as `Authorization: DPoP <token>`
 
 
+@lru_cache(maxsize=64)
+def _schemes(prefix: str | None) -> tuple[tuple[str, int, str], ...]:
+    """(lower-cased prefix, its length, scheme) for a header source's ``prefix``: worked
+    out once per prefix, not per request."""
+    if prefix is None:
+        return ()
+    out = [(prefix.lower(), len(prefix), "bearer")]
+    if prefix.lower() == "bearer ":
+        out.append((DPOP_PREFIX.lower(), len(DPOP_PREFIX), "dpop"))
+    return tuple(out)
+
+
 def _from_header(value: str, source: TokenSource) -> list[tuple[str, str]]:
     """The (token, scheme) pairs in one header's value.
 
@@ -36,23 +49,21 @@ def _from_header(value: str, source: TokenSource) -> list[tuple[str, str]]:
     another scheme beside one of ours is a second credential too. A source whose prefix
     is ``Bearer`` also reads ``DPoP`` (RFC 9449 §7.1).
     """
-    prefixes: list[tuple[str, str]] = []
-    if source.prefix is not None:
-        prefixes.append((source.prefix, "bearer"))
-        if source.prefix.lower() == "bearer ":
-            prefixes.append((DPOP_PREFIX, "dpop"))
+    schemes = _schemes(source.prefix)
     found: list[tuple[str, str]] = []
     other_scheme = False
     for part in value.split(","):
         part = part.lstrip()
         scheme = "bearer"
-        if prefixes:
+        if schemes:
             # The auth scheme is case-insensitive (RFC 7235 §2.1): "bearer x" is fine.
-            match = next(((p, s) for p, s in prefixes if part[: len(p)].lower() == p.lower()), None)
-            if match is None:
+            for lowered, length, name in schemes:
+                if part[:length].lower() == lowered:
+                    part, scheme = part[length:], name
+                    break
+            else:
                 other_scheme = other_scheme or bool(part.strip())
                 continue
-            part, scheme = part[len(match[0]) :], match[1]
         token = part.strip()
         if not token:
             raise MalformedToken("empty token")

@@ -11,7 +11,6 @@ read from the request's own token, byte for byte the one verified).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 
 from .. import errors
@@ -83,12 +82,11 @@ class TokenVerifier:
         if keyset is None:
             raise errors.KeysUnavailable().about(name, unverified.kid, iss)
         try:
-            verified = verify_token(unverified, name, accepted[name], keyset, now)
+            return verify_token(unverified, name, accepted[name], keyset, now, key)
         except errors.UnknownKey:
             return NeedKeys(name, "", unverified.kid, iss)
         except errors.Denied as exc:
             raise exc.about(name, unverified.kid, iss) from None
-        return dataclasses.replace(verified, digest=key)
 
     @staticmethod
     def _issuer(name: str, accepted: Mapping[str, Provider]) -> str | None:

@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jws import JWSRegistry
 from joserfc.util import urlsafe_b64decode
@@ -28,18 +27,9 @@ from ..keys.jwks import KeySet
 MAX_TOKEN_BYTES = 8192
 
 
-class _Registry(JWSRegistry):
-    # joserfc's defaults (512-byte header, 1 KiB signature) refuse RSA-8192 tokens;
-    # our own 8 KiB cap on the whole token is the real bound.
-    max_header_length = MAX_TOKEN_BYTES
-    max_payload_length = MAX_TOKEN_BYTES
-    max_signature_length = MAX_TOKEN_BYTES
-
-
-_REGISTRY = _Registry(strict_check_header=False)
 _ALGS = JWSRegistry.algorithms
 # Header members whose meaning we do not implement: rejecting beats misreading.
-_REFUSED_HEADERS = ("crit", "b64", "zip", "enc")
+_REFUSED_HEADERS = frozenset(("crit", "b64", "zip", "enc"))
 
 
 #: Deepest JSON nesting accepted in a token's header or payload. Real claim sets nest
@@ -48,11 +38,9 @@ MAX_JSON_DEPTH = 64
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError("duplicate member")
-        out[k] = v
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate member")
     return out
 
 
@@ -80,6 +68,10 @@ def _check_tree(value: Any) -> None:
             item.encode("utf-8")  # UnicodeEncodeError (a ValueError) on a lone surrogate
 
 
+#: One decoder for every call: ``json.loads`` with these arguments builds a new one each time.
+_STRICT = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+
+
 def strict_json(data: bytes) -> Any:
     """Strict JSON for anything an attacker writes (token header and payload):
     UTF-8 only (``json.loads(bytes)`` would also take UTF-16/32 and a BOM, RFC 8259
@@ -87,7 +79,7 @@ def strict_json(data: bytes) -> Any:
     Raises ValueError for every refusal (RecursionError included)."""
     text = data.decode("utf-8")
     try:
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        value = _STRICT.decode(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
     # The walk costs a few microseconds; skip it when it cannot find anything: no
@@ -152,30 +144,38 @@ def parse_token(token: str) -> Unverified:
         raise errors.MalformedToken("encrypted tokens are not accepted")
     if dots != 2:
         raise errors.MalformedToken()
+    h64, p64, s64 = token.encode("ascii").split(b".")
     try:
-        # Our strict parse first: joserfc's lets the last duplicate win, accepts UTF-16
-        # and recurses without bound. Which `alg` or `kid` counts must not be a
-        # parser's choice (RFC 7515 §4), and no header may crash the parser.
-        header = strict_json(urlsafe_b64decode(token.partition(".")[0].encode("ascii")))
+        # Our own strict parse, not joserfc's compact one: that lets the last duplicate
+        # win, accepts UTF-16 and recurses without bound. Which `alg` or `kid` counts must
+        # not be a parser's choice (RFC 7515 §4), and no header may crash the parser.
+        # joserfc's strict base64url does the decoding.
+        header = strict_json(urlsafe_b64decode(h64))
     except (ValueError, TypeError):
         raise errors.MalformedToken() from None
-    if not isinstance(header, dict):
+    if not isinstance(header, dict) or "alg" not in header:
         raise errors.MalformedToken()
     try:
-        obj = jws.extract_compact(token.encode("ascii"), registry=_REGISTRY)
-        signature = urlsafe_b64decode(obj.segments["signature"])
-    except (JoseError, ValueError, TypeError, KeyError, RecursionError):
+        if "b64" in header and header["b64"] is not True:
+            # RFC 7797's unencoded payload (refused below, with its header) needs `crit`.
+            crit = header.get("crit")
+            if not (isinstance(crit, list) and "b64" in crit):
+                raise ValueError("b64 without crit")
+            payload = p64
+        else:
+            payload = urlsafe_b64decode(p64)
+        signature = urlsafe_b64decode(s64)
+    except (ValueError, TypeError):
         raise errors.MalformedToken() from None
     alg = header.get("alg")
     if not isinstance(alg, str) or not isinstance(header.get("kid", ""), str):
         raise errors.MalformedToken()  # RFC 7515: `alg` and `kid` are strings
     if alg.lower() == "none":
         raise errors.AlgorithmNotAllowed()
-    for name in _REFUSED_HEADERS:
-        if name in header:
-            raise errors.UnsupportedHeader()
+    if not _REFUSED_HEADERS.isdisjoint(header):
+        raise errors.UnsupportedHeader()
     try:
-        claims = strict_json(obj.payload)
+        claims = strict_json(payload)
     except ValueError:
         raise errors.MalformedToken("token payload is not JSON") from None
     if not isinstance(claims, dict):
@@ -183,7 +183,7 @@ def parse_token(token: str) -> Unverified:
     return Unverified(
         header=header,
         claims=claims,
-        signing_input=obj.segments["header"] + b"." + obj.segments["payload"],
+        signing_input=h64 + b"." + p64,
         signature=signature,
     )
 
@@ -272,7 +272,12 @@ def typ_matches(typ: object, wanted: str) -> bool:
 
 
 def verify_token(
-    token: Unverified, name: str, provider: Provider, keys: KeySet, now: float
+    token: Unverified,
+    name: str,
+    provider: Provider,
+    keys: KeySet,
+    now: float,
+    digest: bytes = b"",
 ) -> Verified:
     """Signature and claims. Raises; never returns an unverified result.
 
@@ -311,5 +316,6 @@ def verify_token(
                 thumbprint=key.thumbprint,
                 not_after=not_after,
                 not_before=not_before,
+                digest=digest,
             )
     raise errors.BadSignature()
