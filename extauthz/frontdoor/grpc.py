@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import grpc
-from google.protobuf import struct_pb2
 
 from .. import errors, logs
 from .._proto.envoy.config.core.v3 import base_pb2
@@ -62,7 +61,6 @@ ANSWERS: Mapping[DenyKind, Answer] = {
     DenyKind.INSUFFICIENT_SCOPE: Answer(7, 403, "insufficient_scope"),  # PERMISSION_DENIED
     DenyKind.UNAVAILABLE: Answer(14, 503, None, challenge=False),  # UNAVAILABLE
 }
-OK = 0
 
 #: Encoded allow answers kept for the hottest tokens (FIFO).
 MEMO_SIZE = 256
@@ -159,24 +157,27 @@ METADATA_MAX_DEPTH = 16
 
 
 def _bounded(value: Any, depth: int) -> Any:
-    if isinstance(value, dict | list):
-        if depth >= METADATA_MAX_DEPTH:
-            return json.dumps(value, separators=(",", ":"), default=str)
-        if isinstance(value, dict):
-            return {k: _bounded(v, depth + 1) for k, v in value.items()}
-        return [_bounded(v, depth + 1) for v in value]
-    return value
+    """``value`` (a dict or list at ``depth``) with what lies deeper than
+    METADATA_MAX_DEPTH as JSON text. Scalars are passed over without a call: most claims
+    are scalars, and this runs for every allow."""
+    if depth >= METADATA_MAX_DEPTH:
+        return json.dumps(value, separators=(",", ":"), default=str)
+    deeper = depth + 1
+    if isinstance(value, dict):
+        return {k: _bounded(v, deeper) if isinstance(v, dict | list) else v
+                for k, v in value.items()}  # fmt: skip
+    return [_bounded(v, deeper) if isinstance(v, dict | list) else v for v in value]
 
 
-def _struct(data: Mapping[str, Any]) -> Any:
-    s = struct_pb2.Struct()
-    data = {k: _bounded(v, 1) for k, v in data.items()}
+def _fill(struct: Any, data: Mapping[str, Any]) -> None:
+    """``data`` into a Struct (google.protobuf.Struct, or a message's Struct field)."""
+    bounded = _bounded(data, 0)
     try:
-        s.update(data)
+        struct.update(bounded)
     except (ValueError, TypeError, OverflowError):
         # Claims that Struct cannot hold (e.g. a 400-digit int): fall back to JSON round-trip.
-        s.update(json.loads(json.dumps(data, default=str), parse_int=_number))
-    return s
+        struct.Clear()
+        struct.update(json.loads(json.dumps(bounded, default=str), parse_int=_number))
 
 
 def encode(decision: Decision, realm: str) -> bytes:
@@ -187,16 +188,17 @@ def encode(decision: Decision, realm: str) -> bytes:
                        decision.dpop_algs, decision.dpop)  # fmt: skip
     if not decision.allowed:  # a deny without a kind: never let it pass as status 0
         return _denied(realm, DenyKind.UNAVAILABLE, "", "", "internal_error", "")
-    response = CheckResponse(
-        status=status_pb2.Status(code=OK),
-        ok_response=pb.OkHttpResponse(
-            headers=[_hvo(k, v) for k, v in decision.set_headers],
-            headers_to_remove=list(decision.remove_headers),
-            query_parameters_to_remove=list(decision.remove_query),
-        ),
-    )
+    # Built in place: no intermediate messages to copy in.
+    response = CheckResponse()
+    response.status.SetInParent()  # code 0: OK
+    ok = response.ok_response
+    ok.SetInParent()
+    for key, value in decision.set_headers:
+        ok.headers.add(header=base_pb2.HeaderValue(key=key, value=value))
+    ok.headers_to_remove.extend(decision.remove_headers)
+    ok.query_parameters_to_remove.extend(decision.remove_query)
     if decision.metadata is not None:
-        response.dynamic_metadata.CopyFrom(_struct(decision.metadata))
+        _fill(response.dynamic_metadata, decision.metadata)
     return bytes(response.SerializeToString())
 
 
@@ -280,14 +282,18 @@ class AuthorizationServicer:
         authorizer.record(req, decision, http_status(decision), started, front_door="grpc")
         return answer
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(
-            SERVICE_NAME,
-            {
-                "Check": grpc.unary_unary_rpc_method_handler(
-                    self.Check,
-                    request_deserializer=CheckRequest.FromString,
-                    response_serializer=bytes,  # already serialized
-                )
-            },
+    def serve_on(self, server: grpc.Server) -> None:
+        """Add ``Check`` to ``server`` as a registered method (grpc core then names the
+        method itself: no per-call lookup through the generic handlers), and as a
+        generic one, as protoc's generated code does."""
+        handlers = {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                self.Check,
+                request_deserializer=CheckRequest.FromString,
+                response_serializer=bytes,  # already serialized
+            )
+        }
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
         )
+        server.add_registered_method_handlers(SERVICE_NAME, handlers)
