@@ -105,8 +105,8 @@ class Contender:
 CONTENDERS: tuple[Contender, ...] = (
     Contender("floor", "grpc", "do-nothing grpc.aio servicer, prebuilt OK", server="floor"),
     Contender("floor_sync", "grpc",
-              f"do-nothing servicer on grpcio's sync server, {GRPC_THREADS} threads "
-              "(extauthz's serving model)", server="floor_sync", baseline="floor"),
+              f"do-nothing servicer on grpcio's sync server, {GRPC_THREADS} threads of "
+              "extauthz's pool (its serving model)", server="floor_sync", baseline="floor"),
     Contender("cache_hit", "grpc", "extauthz, RS256, token cache hit", baseline="floor",
               targets=(Target("floor", 0.9),)),
     Contender("rs256", "grpc", "extauthz, RS256 verified every request", cache=False,

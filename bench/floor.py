@@ -25,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extauthz.dev.wire import external_auth_pb2 as pb
 from extauthz.dev.wire import external_auth_pb2_grpc, status_pb2
+from extauthz.server.pool import Pool
 
 OK = pb.CheckResponse(status=status_pb2.Status(code=0), ok_response=pb.OkHttpResponse())
 OPTIONS = [
@@ -62,10 +63,13 @@ async def serve(listen: str) -> None:
     await server.stop(0.5)
 
 
-def serve_sync(listen: str, threads: int, servicer: Any = None) -> None:
+def serve_sync(
+    listen: str, threads: int, servicer: Any = None, pool: futures.ThreadPoolExecutor | None = None
+) -> None:
     """``servicer`` (the do-nothing one by default) on grpcio's synchronous server with
-    ``threads`` pool threads, plus health, until SIGTERM or SIGINT."""
-    server = grpc.server(futures.ThreadPoolExecutor(threads), options=OPTIONS)
+    ``threads`` threads of ``pool`` (default: extauthz's own, as ``extauthz serve`` runs
+    its Checks), plus health, until SIGTERM or SIGINT."""
+    server = grpc.server(pool or Pool(threads, "floor"), options=OPTIONS)
     servicer = servicer if servicer is not None else SyncFloorServicer()
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server)
     hs = health.HealthServicer()

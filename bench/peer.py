@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,9 @@ def main() -> None:
     p.add_argument("--listen", default="127.0.0.1:9191")
     p.add_argument("--public-key", type=Path, required=True, help="RSA public key, PEM")
     args = p.parse_args()
-    serve_sync(args.listen, THREADS, PeerServicer(args.public_key.read_bytes()))
+    # The SDK's own server: a ThreadPoolExecutor.
+    serve_sync(args.listen, THREADS, PeerServicer(args.public_key.read_bytes()),
+               futures.ThreadPoolExecutor(THREADS))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -157,7 +157,7 @@ _FRAMEWORKS: tuple[tuple[str, str], ...] = (
     (r"cygrpc|\(grpc/_cython/|\(libgrpc|grpc_core::|grpc_event_engine::",
      "grpc cygrpc .so (Cython + C core)"),
     (r"\(asyncio/|\(selectors\.py|\(_asynciomodule\.c|_asyncio\.cpython", "asyncio event loop"),
-    (r"\((threading|concurrent/futures/[a-z_]+)\.py",
+    (r"\((threading|concurrent/futures/[a-z_]+|extauthz/server/pool)\.py",
      "thread pool (threading, concurrent.futures)"),
 )  # fmt: skip
 #: A stack whose innermost named frame is one of these is a thread waiting (py-spy

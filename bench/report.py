@@ -326,8 +326,8 @@ def grpc_section(outcomes: dict[str, Outcome]) -> list[str]:
     L = [f"{HEADINGS['grpc']}\n"]
     L.append("Two floors, each a do-nothing servicer answering a prebuilt OK: `floor` on "
              "`grpc.aio`, which the targets are set against, and `floor_sync` on grpcio's "
-             "synchronous server with as many pool threads as extauthz's "
-             "`server.grpc_threads`, the serving model extauthz runs on. The "
+             "synchronous server on extauthz's own pool, with as many threads as its "
+             "`server.grpc_threads`: the serving model extauthz runs on. The "
              "`× floor_sync` column is the share of that model's throughput that extauthz "
              "keeps once its own code runs.\n")  # fmt: skip
     L.append("| contender | what | median rps | × floor (grpc.aio) | × floor_sync | target | "
@@ -635,8 +635,8 @@ LIMITS = """## What limits each number
   in C-core, the hop into the asyncio loop, protobuf parse/serialise, the per-call
   task). The targets are set against it.
 - **floor_sync**: the same do-nothing answer on grpcio's synchronous server, the model
-  extauthz serves on: C-core's completion queue hands each call to a pool thread, with
-  no event loop in between. Every direct gRPC row of extauthz is bounded by it; the
+  extauthz serves on: C-core's completion queue hands each call to a thread of
+  extauthz's own pool (extauthz/server/pool.py), with no event loop in between. Every direct gRPC row of extauthz is bounded by it; the
   ratio to it is what extauthz's own code costs. The profile section splits both
   floors' CPU and extauthz's by where it goes.
 - **cache_hit**: floor_sync + extauthz's own Python per request: CheckRequest →
