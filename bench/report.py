@@ -636,8 +636,9 @@ LIMITS = """## What limits each number
   task). The targets are set against it.
 - **floor_sync**: the same do-nothing answer on grpcio's synchronous server, the model
   extauthz serves on: C-core's completion queue hands each call to a thread of
-  extauthz's own pool (extauthz/server/pool.py), with no event loop in between. Every direct gRPC row of extauthz is bounded by it; the
-  ratio to it is what extauthz's own code costs. The profile section splits both
+  extauthz's own pool (extauthz/server/pool.py), with no event loop in between. Every
+  direct gRPC row of extauthz is bounded by it; the ratio to it is what extauthz's own
+  code costs. The profile section splits both
   floors' CPU and extauthz's by where it goes.
 - **cache_hit**: floor_sync + extauthz's own Python per request: CheckRequest →
   AuthRequest (header dict copy, path normalisation), token extraction, BLAKE2b digest
