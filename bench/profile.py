@@ -165,8 +165,8 @@ _FRAMEWORKS: tuple[tuple[str, str], ...] = (
 _WAITS = re.compile(
     r"^(epoll_wait|epoll_pwait|poll|ppoll|select|pselect6?|nanosleep|clock_nanosleep|"
     r"pthread_cond_wait|pthread_cond_timedwait|pthread_cond_clockwait|sem_wait|sem_timedwait|"
-    r"sem_clockwait|PyThread_acquire_lock_timed|take_gil|do_futex_wait|"
-    r"__futex_abstimed_wait_common|futex_wait|accept4?) \("
+    r"sem_clockwait|PyThread_acquire_lock_timed|take_gil|do_futex_wait|pthread_mutex_lock|"
+    r"__lll_lock_wait|__futex_abstimed_wait_common|futex_wait|accept4?) \("
 )
 
 

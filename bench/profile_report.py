@@ -195,7 +195,24 @@ def what_it_says(p: Profile, runs: dict[str, list[CaseRun]]) -> str:
                  "switches" for c, rs in floors]  # fmt: skip
         said.append(f"The do-nothing floors cost, per request, {parts[0]} (grpc.aio) against "
                     f"{parts[1]} (grpcio's synchronous server, extauthz's model).")  # fmt: skip
-    if hit:
+    sync = runs.get("floor_sync") or []
+    if hit and sync:
+        # The clean runs, which nothing slowed: what extauthz adds to its serving model.
+        base = _median(sync, lambda r: r.clean.us_per_request())
+        added = _median(hit, lambda r: r.clean.us_per_request()) - base
+        text = (f"Cross-check without py-spy: `cache_hit` costs {added:.0f} µs more than "
+                f"`floor_sync`, the same serving model doing nothing")  # fmt: skip
+        rs = runs.get("rs256") or []
+        if rs:
+            text += f", `rs256` {_median(rs, lambda r: r.clean.us_per_request()) - base:.0f} µs"
+        said.append(text + ". That difference bounds what extauthz's own code costs: where "
+                    "the py-spy rows give it more, the sampled shares overstate it (py-spy "
+                    "counts a thread that is ready to run but waits for the one core as if it "
+                    "ran, and slows the server while attached).")  # fmt: skip
+        lever = ("the serving model, not extauthz's code, is where most of a hit's CPU goes"
+                 if base > added else "extauthz's own code is most of a hit's CPU")  # fmt: skip
+        said.append(f"So {lever}.")
+    elif hit:
         own, serving = _share(hit, OWN), _share(hit, SERVING)
         lever = ("the serving model, not extauthz's code, is where most of a hit's CPU goes"
                  if serving > own else "extauthz's own code is most of a hit's CPU")  # fmt: skip
