@@ -103,6 +103,8 @@ def test_a_task_says_what_it_cannot_do(pool: Pool) -> None:
     assert not task.cancel() and not task.cancelled()
     with pytest.raises(NotImplementedError):
         task.result()
+    with pytest.raises(NotImplementedError):
+        task.running()
 
 
 def test_a_grpc_server_on_the_pool_runs_calls_side_by_side() -> None:

@@ -193,8 +193,7 @@ def encode(decision: Decision, realm: str) -> bytes:
     response.status.SetInParent()  # code 0: OK
     ok = response.ok_response
     ok.SetInParent()
-    for key, value in decision.set_headers:
-        ok.headers.add(header=base_pb2.HeaderValue(key=key, value=value))
+    ok.headers.extend(_hvo(key, value) for key, value in decision.set_headers)
     ok.headers_to_remove.extend(decision.remove_headers)
     ok.query_parameters_to_remove.extend(decision.remove_query)
     if decision.metadata is not None:

@@ -28,7 +28,8 @@ class _Task(futures.Future[Any]):
     """What ``submit`` returns: done once its call has returned. grpcio adds one done
     callback (its count of active calls), possibly after the call has finished: then it
     runs at once, as with any future. Nothing here waits on a task, so it has no
-    ``Condition``; :meth:`result` and :meth:`exception` are not offered."""
+    ``Condition``; :meth:`result`, :meth:`exception` and :meth:`running` are not
+    offered."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -55,9 +56,6 @@ class _Task(futures.Future[Any]):
     def done(self) -> bool:
         return self._finished
 
-    def running(self) -> bool:
-        return not self._finished
-
     def cancel(self) -> bool:
         return False  # a queued call is always run: grpcio itself cancels calls
 
@@ -69,6 +67,9 @@ class _Task(futures.Future[Any]):
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         raise NotImplementedError("a pool task has no result to wait for")
+
+    def running(self) -> bool:
+        raise NotImplementedError("a pool task does not say when it starts")
 
 
 class Pool(futures.ThreadPoolExecutor):
