@@ -114,7 +114,7 @@ FRAMEWORK = frozenset(
 _OURS: tuple[tuple[str, str, str], ...] = (
     # (file regex, function regex, category): extauthz's own frames.
     (r"extauthz/frontdoor/grpc\.py", r"to_auth_request|_headers", "header map (to_auth_request)"),
-    (r"extauthz/frontdoor/grpc\.py", r"_fill|_bounded|_number", "metadata Struct"),
+    (r"extauthz/frontdoor/grpc\.py", r"_fill|_put|_number", "metadata Struct"),
     (r"extauthz/frontdoor/grpc\.py", r"encode|_encode|_hvo|_denied|http_status",
      "CheckResponse build + serialise"),
     (r"extauthz/frontdoor/grpc\.py", r".*", "servicer + authorizer glue"),

@@ -137,3 +137,33 @@ def test_any_request_gets_a_well_formed_answer_and_no_unearned_allow(data: Any) 
         assert response.status.code != 0
         assert answer_of(d).http_status in (400, 401, 403, 503)
         assert response.denied_response.status.code == answer_of(d).http_status
+
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(claims=st.dictionaries(st.text(max_size=6), json_values, max_size=6))
+def test_metadata_is_what_protobufs_own_struct_update_makes_of_the_claims(claims: Any) -> None:
+    """The allow's dynamic metadata is written out by hand for speed; within the depth
+    bound it must be byte for byte what protobuf's ``Struct.update`` builds."""
+    metadata = {"provider": "p", "rule": "default", "iss": ISS, "sub": None, "claims": claims}
+    ours, theirs = wire.CheckResponse(), wire.CheckResponse()
+    wire._fill(ours.dynamic_metadata, metadata)
+    theirs.dynamic_metadata.update(metadata)
+    assert ours.SerializeToString(deterministic=True) == theirs.SerializeToString(
+        deterministic=True
+    )

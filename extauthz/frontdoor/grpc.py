@@ -156,28 +156,53 @@ def _number(text: str) -> float | str:
 METADATA_MAX_DEPTH = 16
 
 
-def _bounded(value: Any, depth: int) -> Any:
-    """``value`` (a dict or list at ``depth``) with what lies deeper than
-    METADATA_MAX_DEPTH as JSON text. Scalars are passed over without a call: most claims
-    are scalars, and this runs for every allow."""
-    if depth >= METADATA_MAX_DEPTH:
-        return json.dumps(value, separators=(",", ":"), default=str)
+def _put(target: Any, value: Any, depth: int) -> None:
+    """``value`` (``depth`` levels below the top) into a ``google.protobuf.Value``, as
+    ``Struct.update`` would put it, but a dict or list at ``depth`` >= METADATA_MAX_DEPTH
+    as its JSON text. Written out because ``Struct.update`` is pure Python with an
+    isinstance chain per value, and this runs for every allow: JSON's own types first."""
+    kind = type(value)
+    if kind is str:
+        target.string_value = value
+    elif kind is bool:
+        target.bool_value = value
+    elif kind is int or kind is float:
+        target.number_value = value
+    elif value is None:
+        target.null_value = 0
+    elif isinstance(value, dict | list | tuple) and depth >= METADATA_MAX_DEPTH:
+        target.string_value = json.dumps(value, separators=(",", ":"), default=str)
+    elif isinstance(value, dict):
+        _put_fields(target.struct_value, value, depth)
+    elif isinstance(value, list | tuple):
+        values = target.list_value
+        values.SetInParent()  # an empty list is still a list
+        for item in value:
+            _put(values.values.add(), item, depth + 1)
+    elif isinstance(value, str):  # subclasses, as Struct.update takes them
+        target.string_value = value
+    elif isinstance(value, int | float):
+        target.number_value = value
+    else:
+        raise TypeError(f"no Struct value for {kind.__name__}")
+
+
+def _put_fields(struct: Any, data: Mapping[str, Any], depth: int) -> None:
+    struct.SetInParent()  # an empty object is still an object
+    fields = struct.fields
     deeper = depth + 1
-    if isinstance(value, dict):
-        return {k: _bounded(v, deeper) if isinstance(v, dict | list) else v
-                for k, v in value.items()}  # fmt: skip
-    return [_bounded(v, deeper) if isinstance(v, dict | list) else v for v in value]
+    for key, value in data.items():
+        _put(fields[key], value, deeper)
 
 
 def _fill(struct: Any, data: Mapping[str, Any]) -> None:
     """``data`` into a Struct (google.protobuf.Struct, or a message's Struct field)."""
-    bounded = _bounded(data, 0)
     try:
-        struct.update(bounded)
+        _put_fields(struct, data, 0)
     except (ValueError, TypeError, OverflowError):
         # Claims that Struct cannot hold (e.g. a 400-digit int): fall back to JSON round-trip.
         struct.Clear()
-        struct.update(json.loads(json.dumps(bounded, default=str), parse_int=_number))
+        _put_fields(struct, json.loads(json.dumps(data, default=str), parse_int=_number), 0)
 
 
 def encode(decision: Decision, realm: str) -> bytes:
