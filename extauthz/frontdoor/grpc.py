@@ -170,15 +170,16 @@ def _put(target: Any, value: Any, depth: int) -> None:
         target.number_value = value
     elif value is None:
         target.null_value = 0
-    elif isinstance(value, dict | list | tuple) and depth >= METADATA_MAX_DEPTH:
-        target.string_value = json.dumps(value, separators=(",", ":"), default=str)
-    elif isinstance(value, dict):
-        _put_fields(target.struct_value, value, depth)
-    elif isinstance(value, list | tuple):
-        values = target.list_value
-        values.SetInParent()  # an empty list is still a list
-        for item in value:
-            _put(values.values.add(), item, depth + 1)
+    elif isinstance(value, dict | list | tuple):
+        if depth >= METADATA_MAX_DEPTH:
+            target.string_value = json.dumps(value, separators=(",", ":"), default=str)
+        elif isinstance(value, dict):
+            _put_fields(target.struct_value, value, depth)
+        else:
+            values = target.list_value
+            values.SetInParent()  # an empty list is still a list
+            for item in value:
+                _put(values.values.add(), item, depth + 1)
     elif isinstance(value, str):  # subclasses, as Struct.update takes them
         target.string_value = value
     elif isinstance(value, int | float):
