@@ -641,13 +641,14 @@ LIMITS = """## What limits each number
   code costs. The profile section splits both
   floors' CPU and extauthz's by where it goes.
 - **cache_hit**: floor_sync + extauthz's own Python per request: CheckRequest →
-  AuthRequest (header dict copy, path normalisation), token extraction, BLAKE2b digest
-  and cache lookup, claim re-checks, rule match, Prometheus counter and histogram, and
-  the OK CheckResponse (reused from the per-token memo on a hit).
-- **rs256 / es256 / eddsa** (token cache off): the above plus JWS parsing (base64 and
-  JSON in joserfc), one signature verification through `cryptography`/OpenSSL, and
-  building the OK response (dynamic_metadata `Struct` from the claims). RS256 verify is
-  the cheapest (public exponent 65537); ES256 and Ed25519 verify cost more per call.
+  AuthRequest (Envoy's header map read in place, path normalisation), token extraction,
+  BLAKE2b digest and cache lookup, claim re-checks, rule match, Prometheus counter and
+  histogram, and the OK CheckResponse (reused from the per-token memo on a hit).
+- **rs256 / es256 / eddsa** (token cache off): the above plus JWS parsing (joserfc's
+  base64url, extauthz's strict JSON), one signature verification through
+  `cryptography`/OpenSSL, and building the OK response (dynamic_metadata `Struct`
+  written from the claims). RS256 verify is the cheapest (public exponent 65537); ES256
+  and Ed25519 verify cost more per call.
 - **`*_2w`**: two worker processes, but h2load shares their two cores, so rps is bounded
   by both together; per-worker CPU shows the split (SO_REUSEPORT hashes the 16 h2load
   connections over the workers, so the balance varies from run to run).
